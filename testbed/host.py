@@ -11,6 +11,7 @@ from .layout import BRIDGE, GATEWAY, KEYS_DIR, NS_DIR, REGISTRY, HostLayout
 from .system import alive, read_pid, run, stop_pid, succeeds, wait_for
 
 AUTHORIZED_KEYS = KEYS_DIR / "authorized_keys"
+RUNC_BOUNDED = Path(__file__).resolve().parent / "runc_bounded.py"
 
 
 def enter(host: HostLayout) -> list[str]:
@@ -101,6 +102,8 @@ def ensure_dockerd(host: HostLayout) -> None:
             # dockerd must not touch the machine's firewall or make bridges of its own.
             "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip-forward=false",
             "--insecure-registry", REGISTRY, "--log-level", "warn",
+            # See runc_bounded.py: lets `--privileged` containers start inside this sandbox.
+            "--add-runtime", f"runc-bounded={RUNC_BOUNDED}", "--default-runtime", "runc-bounded",
         ],
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
