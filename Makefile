@@ -1,0 +1,29 @@
+# pdstack: `make demo` (testbed + deploy + the seed request) and `make test` on a fresh machine.
+SHELL := /bin/bash
+PY := .venv/bin/python
+HOSTS ?= 9
+DEVICES ?= 16
+
+.PHONY: setup image testbed-up testbed-down demo test test-unit test-e2e clean
+
+setup:
+	bash scripts/setup.sh
+
+# The simulator image, built from Debian packages and pushed to the testbed's registry.
+image: setup testbed-up
+	bash scripts/push-simulator-image.sh
+
+testbed-up: setup
+	$(PY) -m testbed up --hosts $(HOSTS) --devices $(DEVICES)
+
+testbed-down:
+	$(PY) -m testbed down
+
+demo: image
+	bash scripts/demo.sh
+
+test: setup
+	bash scripts/test.sh
+
+clean: testbed-down
+	rm -rf .pdstack
