@@ -72,8 +72,8 @@ toolchain() {
   install -m 0755 "$BUILT" "$TOOLCHAIN/pulumi"
 
   go_build language-python tools/pulumi-language-python "" pulumi-language-python . "-s -w"
-  # The exec shim must sit next to the language host (it looks beside its own executable); it is a
-  # file of the Pulumi SDK module, taken from the same release as the Python SDK.
+  # The engine finds the language host next to the `pulumi` binary, and the host finds its exec shim
+  # next to itself. The shim is a file of the Pulumi SDK Go module, from the Python SDK's release.
   local shim
   shim="$(cd "$ROOT/tools/pulumi-language-python" && go mod download -json "github.com/pulumi/pulumi/sdk/v3@v$PULUMI_SDK_VERSION" \
           | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')/python/cmd/pulumi-language-python-exec"
@@ -81,10 +81,12 @@ toolchain() {
   install -m 0755 "$shim" "$TOOLCHAIN/pulumi-language-python-exec"
 
   go_build command-provider tools/pulumi-command "$COMMAND_INTERFACE_VERSION" pulumi-resource-command . "-s -w"
+  # A plugin cache entry is just the executable in <kind>-<name>-v<version>/. Copied by hand:
+  # `pulumi plugin install` may try to resolve the plugin online.
   local plugin_dir="$PULUMI_HOME/plugins/resource-command-v$COMMAND_INTERFACE_VERSION"
   if ! cmp -s "$BUILT" "$plugin_dir/pulumi-resource-command"; then
-    rm -rf "$plugin_dir"
-    "$TOOLCHAIN/pulumi" plugin install resource command "$COMMAND_INTERFACE_VERSION" --file "$BUILT" >/dev/null
+    rm -rf "$plugin_dir" && mkdir -p "$plugin_dir"
+    install -m 0755 "$BUILT" "$plugin_dir/pulumi-resource-command"
   fi
 }
 
