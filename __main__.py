@@ -1,0 +1,71 @@
+"""pdstack: prefill/decode-disaggregated LLM serving on bare-metal hosts, from this stack's config.
+
+Layers: pdstack.config (parse + validate) -> pdstack.rendering (pure: what runs where) ->
+components (thin Pulumi wiring over SSH). Nothing remote happens before the config is valid.
+"""
+import pulumi
+from pulumi.runtime import config as runtime_config
+
+from components.connection import connection
+from components.devices import DeviceAddresses, DeviceAddressesArgs
+from components.groups import (DecodeGroup, DecodeGroupArgs, GlobalProxy, GlobalProxyArgs, PrefillGroup,
+                               PrefillGroupArgs)
+from pdstack import image_resolve, topology
+from pdstack.config.parse import ConfigError, check_local_files, parse_cluster
+from pdstack.rendering import ranktable
+from pdstack.rendering.plan import render
+
+
+def load_spec():
+    raw = dict(runtime_config.CONFIG.get()) or runtime_config.get_config_env()
+    try:
+        spec = parse_cluster(raw)
+        check_local_files(spec)
+    except ConfigError as err:
+        # RunError: the message alone, no traceback, and the engine stops before any resource.
+        raise pulumi.RunError(f"invalid stack config:\n{err}") from None
+    return spec
+
+
+spec = load_spec()
+deployment = render(spec)
+
+image, problem = image_resolve.resolve(spec.image)
+if problem:
+    pulumi.log.warn(f"{problem}; deploying by tag, so a re-pushed tag will not replace containers")
+unpinned = sorted(h.name for h in spec.hosts if not h.ssh.host_key)
+if unpinned:
+    pulumi.log.warn(f"host keys are not verified for {', '.join(unpinned)}: set pdstack:hosts.<name>.hostKey "
+                    "(or pdstack:ssh.hostKey) to pin them")
+
+connections = {h.name: connection(h) for h in spec.hosts}
+
+device_hosts: dict = {}
+for plan in deployment.plans():
+    if plan.devices:
+        host, devices = device_hosts.get(plan.host.name, (plan.host, ()))
+        device_hosts[plan.host.name] = (host, tuple(sorted(set(devices) | set(plan.devices))))
+devices = DeviceAddresses("devices", DeviceAddressesArgs(hosts=device_hosts, connections=connections))
+ranktables = devices.addresses.apply(
+    lambda found: ranktable.render_ranktables(spec, {h: {int(d): a for d, a in addrs.items()} for h, addrs in found.items()}))
+
+prefill = [PrefillGroup(inst.name, PrefillGroupArgs(plans=plans, image=image, connections=connections,
+                                                    ranktables=ranktables, readiness=spec.readiness))
+           for inst, plans in deployment.prefill]
+decode = [DecodeGroup(inst.name, DecodeGroupArgs(plans=plans, image=image, connections=connections,
+                                                 ranktables=ranktables, readiness=spec.readiness))
+          for inst, plans in deployment.decode]
+proxy = GlobalProxy("proxy", GlobalProxyArgs(
+    plan=deployment.proxy, image=image, connection=connections[deployment.proxy.host.name],
+    readiness=spec.readiness, upstreams=[r for g in prefill + decode for r in g.ready]))
+
+pulumi.export("endpoint", f"http://{deployment.proxy.host.address}:{spec.proxy.port}")
+pulumi.export("image", image)
+pulumi.export("prefillEndpoints", {inst.name: f"http://{spec.host(inst.hosts[0]).address}:{topology.prefill_api_port(spec, inst)}"
+                                   for inst in spec.prefill})
+pulumi.export("decodeEndpoints", {inst.name: [f"http://{p.host.address}:{h.port}" for p in plans for h in p.health]
+                                  for inst, plans in deployment.decode})
+pulumi.export("containers", {p.host.name: sorted(q.container.name for q in deployment.plans() if q.host.name == p.host.name)
+                             for p in deployment.plans()})
+pulumi.export("logs", {p.container.name: f"{p.host.name}:{p.log_dir}" for p in deployment.plans()})
+pulumi.export("proxyReady", proxy.ready.stdout)

@@ -1,0 +1,74 @@
+"""The per-host building block: files, image, container and readiness of one container on one host."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_command import remote
+
+from pdstack.config.model import Readiness
+from pdstack.rendering import remote as cmds
+from pdstack.rendering.model import FileSpec, HostPlan, digest
+
+
+@dataclass
+class HostContainerArgs:
+    plan: HostPlan
+    image: str  # what `docker run` gets: a digest-pinned reference when the registry could be asked
+    connection: remote.ConnectionArgs
+    ranktables: pulumi.Input[tuple[FileSpec, ...]]  # this host's ranktable files (needs device addresses)
+    readiness: Readiness
+    depends_on: list[pulumi.Resource] | None = None  # what must be ready before this container starts
+
+
+def triggers(plan: HostPlan, image: str, ranktables_digest: pulumi.Input[str]) -> list:
+    """Everything the container depends on, one named entry per part, so a preview diff says why."""
+    return ([f"host={plan.host.address}", f"image={image}"] + [f"{k}={v}" for k, v in plan.parts]
+            + [pulumi.Output.concat("ranktables=", ranktables_digest)])
+
+
+class HostContainer(pulumi.ComponentResource):
+    container: remote.Command
+    ready: remote.Command
+
+    def __init__(self, name: str, args: HostContainerArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("pdstack:index:HostContainer", name, None, opts)
+        plan = args.plan
+        child = pulumi.ResourceOptions(parent=self)
+        # The host's address is in every trigger: moving a role to another host must run `delete` on
+        # the old host and `create` on the new one, which an in-place update would not.
+        on_host = [f"host={plan.host.address}"]
+
+        files = pulumi.Output.from_input(args.ranktables).apply(lambda rts: plan.files + tuple(rts))
+        written = remote.Command(
+            f"{name}-files", connection=args.connection,
+            create="bash -s", stdin=files.apply(cmds.write_files_script),
+            delete=cmds.delete_files_command(tuple(f.path for f in plan.files) + plan.ranktable_paths),
+            triggers=on_host, add_previous_output_in_env=False, logging="stderr", opts=child)
+
+        image = remote.Command(
+            f"{name}-image", connection=args.connection,
+            create=cmds.pull_image_command(args.image),
+            triggers=on_host + [f"image={args.image}"], add_previous_output_in_env=False, opts=child)
+
+        rt_digest = pulumi.Output.from_input(args.ranktables).apply(
+            lambda rts: digest("".join(f.path + f.content for f in rts)))
+        self.container = remote.Command(
+            f"{name}-container", connection=args.connection,
+            create=cmds.run_container_command(plan, args.image),
+            # Only a change of `triggers` may restart the container; anything else (a rotated SSH key,
+            # say) updates in place, and the update must not touch it.
+            update=cmds.container_id_command(plan),
+            delete=cmds.remove_container_command(plan),
+            triggers=triggers(plan, args.image, rt_digest), add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True,
+                                        depends_on=[written, image] + list(args.depends_on or [])))
+
+        self.ready = remote.Command(
+            f"{name}-ready", connection=args.connection,
+            create=cmds.readiness_script(plan, args.readiness.timeout_seconds, args.readiness.interval_seconds),
+            triggers=[self.container.stdout], add_previous_output_in_env=False, logging="stderr",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.container]))
+
+        self.container_id = self.container.stdout
+        self.register_outputs({"containerId": self.container.stdout, "containerName": plan.container.name})

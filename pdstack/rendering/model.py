@@ -1,0 +1,56 @@
+"""What rendering produces: per host and role, the container, its files and how to tell it is ready."""
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass, field
+
+from ..config.model import Host
+
+
+def digest(text: str) -> str:
+    """Short, stable content hash for trigger parts (12 hex chars: readable in a preview diff)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    path: str
+    content: str
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    run_args: tuple[str, ...]  # `docker run` options, between `run` and the image
+    command: tuple[str, ...]  # after the image
+
+    def docker_run(self, image: str) -> str:
+        words = ["docker", "run", "-d", "--name", self.name, *self.run_args, image, *self.command]
+        return " ".join(shlex.quote(w) for w in words)
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """An HTTP port on the host that must answer before the host counts as ready."""
+    port: int
+    path: str | None = "/health"  # None: any HTTP answer will do (the proxy's nginx has no /health)
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """One container on one host, everything pdstack writes for it, and its readiness checks."""
+    key: str  # stable resource name: "<instance>-<host>" or "proxy-<host>"
+    role: str  # "prefill" | "decode" | "proxy"
+    instance: str  # instance name; "proxy" for the proxy
+    host: Host
+    container: ContainerSpec
+    files: tuple[FileSpec, ...]  # rendered without device addresses (launch script)
+    ranktable_paths: tuple[str, ...]  # ranktable files this host needs (content needs device addresses)
+    devices: tuple[int, ...]  # devices whose addresses are read on this host (empty for the proxy)
+    health: tuple[HealthCheck, ...]
+    log_dir: str
+    # Named parts of what the container depends on. A change of any part replaces the container,
+    # and the part's name is what `pulumi preview --diff` shows as the reason.
+    parts: tuple[tuple[str, str], ...] = field(default=())
