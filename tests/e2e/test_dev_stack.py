@@ -76,4 +76,4 @@ def test_demo_deploys_the_dev_stack_and_streams_the_seed_request(testbed_hosts, 
     again_text = "".join(c["choices"][0]["text"] for c in completion_events(out.stdout) if c["choices"])
     assert again_text == text  # temperature 0 is deterministic
     pulumi("destroy", "--yes", "--skip-preview")
-    pulumi("stack", "rm", "--yes", "dev")
+    pulumi("stack", "rm", "--yes", "--preserve-config", "dev")
