@@ -28,34 +28,42 @@ def check_image_ref(ref: str) -> None:
         raise InvalidValue(f"{show(ref)} is not a valid image reference: {problem}; a valid one looks like {EXAMPLE}")
 
 
+def split(ref: str) -> tuple[str, str, str | None, str | None]:
+    """(registry or "", repository path, tag, digest) of a reference."""
+    name, _, digest = ref.partition("@")
+    slash, colon = name.rfind("/"), name.rfind(":")
+    tag = None
+    if colon > slash:
+        name, tag = name[:colon], name[colon + 1:]
+    first, _, rest = name.partition("/")
+    if rest and _is_registry(first):
+        return first, rest, tag, digest or None
+    return "", name, tag, digest or None
+
+
 def _problem(ref: str) -> str | None:
     if not ref:
         return "it is empty"
     if any(c.isspace() for c in ref):
         return "it contains whitespace"
-    name, _, digest = ref.partition("@")
-    if "@" in ref and not _DIGEST.fullmatch(digest):
+    if "@" in ref and not _DIGEST.fullmatch(ref.partition("@")[2]):
         return "the digest after '@' must be sha256: and 64 lowercase hex digits"
-    slash, colon = name.rfind("/"), name.rfind(":")
-    if colon > slash:
-        name, tag = name[:colon], name[colon + 1:]
-        if not _TAG.fullmatch(tag):
-            return "the tag after ':' must be 1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
-    if len(name) > _MAX_NAME:
+    registry, path, tag, _ = split(ref)
+    if tag is not None and not _TAG.fullmatch(tag):
+        return "the tag after ':' must be 1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+    if len(registry) + 1 + len(path) > _MAX_NAME:
         return f"the name is longer than {_MAX_NAME} characters"
-    return _name_problem(name)
+    return _name_problem(registry, path)
 
 
-def _name_problem(name: str) -> str | None:
-    parts = name.split("/")
-    if len(parts) > 1 and _is_registry(parts[0]):
-        registry, parts = parts[0], parts[1:]
+def _name_problem(registry: str, path: str) -> str | None:
+    if registry:
         match = _REGISTRY.fullmatch(registry)
         if match is None:
             return f"the registry {show(registry)} is not a host name or host:port"
         if match.group(1) is not None and not 1 <= int(match.group(1)) <= 65535:
             return f"the registry port {match.group(1)} is not in 1..65535"
-    for part in parts:
+    for part in path.split("/"):
         if _COMPONENT.fullmatch(part):
             continue
         if _COMPONENT.fullmatch(part.lower()):
