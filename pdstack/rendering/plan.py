@@ -181,7 +181,8 @@ def _decode(spec: ClusterSpec, inst: DecodeInstance) -> tuple[HostPlan, ...]:
         ports = topology.decode_api_ports(spec, inst, rank)
         script = scripts.decode_servers(
             title=f"decode instance {inst.name}, host {name} (DP ranks {offset}..{offset + len(ports) - 1})",
-            log_dir=logs, env=env + [("SERVER_OFFSET", str(offset))], user_env=inst.engine.env,
+            # SERVER_OFFSET counts devices before this host (the reference's config_dict), not DP ranks.
+            log_dir=logs, env=env + [("SERVER_OFFSET", str(rank * len(inst.devices)))], user_env=inst.engine.env,
             serve_args=serve_args, servers=[(p, offset + r) for r, p in enumerate(ports)])
         plans.append(_plan(spec, key=f"{inst.name}-{name}", role="decode", instance=inst.name, host=host,
                            cname=cname, script=script, devices=inst.devices,

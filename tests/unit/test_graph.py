@@ -1,0 +1,332 @@
+"""The resource graph of the real program (`__main__.py`) under Pulumi mocks.
+
+The program runs once per config inside `@pulumi.runtime.test` (which waits for every registration and
+re-raises any error of the program); a recording monitor keeps each RegisterResource request as the
+engine would receive it: URN, parent, dependencies, options, and the inputs as serialized, secrets still
+wrapped. The tests then assert on that plain data, so no assertion can be skipped by an unresolved Output.
+"""
+from __future__ import annotations
+
+import re
+import runpy
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+from google.protobuf import json_format
+from pulumi.runtime import mocks
+
+from clusters import (IMAGE, PEM, REFERENCE_ADDRESSES, as_pulumi_config, reference_1p32_1d32, reference_2p1d, shared_host,
+                      spec_of)
+from pdstack import image_resolve
+from pdstack.rendering import remote
+from pdstack.rendering.plan import render
+from pdstack.rendering.ranktable import render_ranktables
+
+# pulumi_command's deprecated CopyFile class warns when the package is imported; nothing here uses it.
+pytestmark = pytest.mark.filterwarnings("ignore:This resource is deprecated:DeprecationWarning")
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # rpc's marker of a secret value
+STACK = "pulumi:pulumi:Stack"
+COMMAND = "command:remote:Command"
+FILE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nZDMtb3duLWtleS1maWxl\n-----END OPENSSH PRIVATE KEY-----\n"
+
+PREFILL_KEYS = [f"prefill-0-p{i}" for i in range(4)]
+DECODE_KEYS = [f"decode-0-d{i}" for i in range(4)]
+PROXY_KEY = "proxy-c0"
+ENGINE_HOSTS = [f"p{i}" for i in range(4)] + [f"d{i}" for i in range(4)]
+
+
+@dataclass
+class Registered:
+    urn: str
+    type: str
+    name: str
+    parent: str  # URN, "" for the stack
+    dependencies: list[str]  # URNs
+    delete_before_replace: bool
+    inputs: dict[str, Any]  # as serialized for the engine: secrets wrapped, camelCase keys
+
+
+class RecordingMonitor(mocks.MockMonitor):
+    def __init__(self, m: mocks.Mocks):
+        super().__init__(m)
+        self.registered: list[Registered] = []
+        self.outputs: list[dict[str, Any]] = []
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        self.registered.append(Registered(
+            urn=response.urn, type=request.type, name=request.name, parent=request.parent,
+            dependencies=list(request.dependencies), delete_before_replace=request.deleteBeforeReplace,
+            inputs=json_format.MessageToDict(request.object)))
+        return response
+
+    def RegisterResourceOutputs(self, request):
+        self.outputs.append(json_format.MessageToDict(request.outputs))
+        return super().RegisterResourceOutputs(request)
+
+
+class Mocks(mocks.Mocks):
+    """Commands "run": the device reads print `<device> ipaddr:<address>` lines, the others an id."""
+
+    def __init__(self, failing_host: str | None = None):
+        self.failing_host = failing_host
+        self.device_ips: dict[str, dict[int, str]] = {}
+
+    def new_resource(self, args: mocks.MockResourceArgs):
+        state = dict(args.inputs)
+        if args.typ == COMMAND:
+            host = args.name.removesuffix("-device-addresses")
+            if host != args.name:
+                devices = [int(d) for d in re.search(r"for d in ([0-9 ]+);", args.inputs["create"]).group(1).split()]
+                ips = self.device_ips[host] = {d: f"10.78.{len(self.device_ips) + 1}.{d}" for d in devices}
+                lines = [f"{d} ipaddr:{ip}" for d, ip in ips.items()]
+                if host == self.failing_host:
+                    lines[3] = "3 Error: get ip address failed"
+                state["stdout"] = "\n".join(lines) + "\n"
+            else:
+                state["stdout"] = f"sha256:{args.name}"
+        return f"{args.name}-id", state
+
+    def call(self, args: mocks.MockCallArgs):
+        return {}, None
+
+
+@dataclass
+class Graph:
+    resources: dict[str, Registered]  # by name (names are unique in this program)
+    outputs: list[dict[str, Any]]
+    mocks: Mocks
+
+    def commands(self) -> list[Registered]:
+        return [r for r in self.resources.values() if r.type == COMMAND]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_network():
+    """The program asks the registry for the image digest: answer for it, and fail any socket use."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a unit test opened a network connection: {args}")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(image_resolve, "resolve", lambda ref, timeout=5.0: (ref, None))
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setattr(socket, "create_connection", refuse)
+        yield
+
+
+def run_program(raw: dict[str, Any], m: Mocks | None = None) -> Graph:
+    m = m or Mocks()
+    monitor = RecordingMonitor(m)
+    pulumi.runtime.set_mocks(m, project="pdstack", stack="unit", preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(as_pulumi_config(raw))
+
+    @pulumi.runtime.test
+    def program():
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
+    program()
+    names = [r.name for r in monitor.registered]
+    assert len(names) == len(set(names)), "resource names must be unique"
+    return Graph({r.name: r for r in monitor.registered}, monitor.outputs, m)
+
+
+def reference_ssh(tmp_path_factory) -> dict[str, Any]:
+    """The stack-wide key as a value; d3 overrides it with a key file (read by components.connection)."""
+    key_file = tmp_path_factory.mktemp("keys") / "d3_key"
+    key_file.write_text(FILE_KEY)
+    return {"ssh": {"user": "root", "privateKey": PEM}, "d3": {"privateKeyPath": str(key_file)}}
+
+
+@pytest.fixture(scope="module")
+def reference_raw(tmp_path_factory) -> dict[str, Any]:
+    keys = reference_ssh(tmp_path_factory)
+    raw = reference_1p32_1d32(ssh=keys["ssh"])
+    raw["pdstack:hosts"]["d3"].update(keys["d3"])
+    return raw
+
+
+@pytest.fixture(scope="module")
+def graph(reference_raw) -> Graph:
+    return run_program(reference_raw)
+
+
+# --- names and types -------------------------------------------------------------------------------
+
+
+def test_component_type_tokens(graph):
+    types = {name: r.type for name, r in graph.resources.items() if r.type not in (STACK, COMMAND)}
+    assert types == {
+        "devices": "pdstack:index:DeviceAddresses",
+        "prefill-0": "pdstack:index:PrefillGroup",
+        "decode-0": "pdstack:index:DecodeGroup",
+        "proxy": "pdstack:index:GlobalProxy",
+        **{key: "pdstack:index:HostContainer" for key in PREFILL_KEYS + DECODE_KEYS + [PROXY_KEY]},
+    }
+
+
+def test_command_names_derive_from_hosts_and_instances(graph):
+    expected = {f"{h}-device-addresses" for h in ENGINE_HOSTS}
+    expected |= {f"{key}-{step}" for key in PREFILL_KEYS + DECODE_KEYS + [PROXY_KEY]
+                 for step in ("files", "image", "container", "ready")}
+    assert {r.name for r in graph.commands()} == expected
+
+
+def two_p_one_d_reordered() -> dict[str, Any]:
+    """2P1D with the instances listed the other way round and the hosts map reversed."""
+    raw = reference_2p1d(ssh={"privateKey": PEM})
+    raw["pdstack:prefill"].reverse()
+    raw["pdstack:hosts"] = dict(reversed(list(raw["pdstack:hosts"].items())))
+    return raw
+
+
+def test_names_do_not_depend_on_list_positions():
+    first = run_program(reference_2p1d(ssh={"privateKey": PEM}))
+    second = run_program(two_p_one_d_reordered())
+    assert first.resources.keys() - {"pdstack-unit"} == second.resources.keys() - {"pdstack-unit"}  # minus the stack
+    assert {"prefill-0-p0-container", "prefill-1-p1-container", "decode-0-d1-container", "proxy-p0-container",
+            "p1-device-addresses"} <= first.resources.keys()
+    # A name stays with its host: the same container on the same address.
+    for r in first.commands():
+        other = second.resources[r.name]
+        assert r.inputs["triggers"][0] == other.inputs["triggers"][0], r.name  # host=<address>
+        if r.name.endswith("-container"):
+            assert r.inputs["delete"] == other.inputs["delete"], r.name  # docker rm -f <container name>
+
+
+# --- parents, options, dependencies ----------------------------------------------------------------
+
+
+def parent_of(graph: Graph, name: str) -> tuple[str, str]:
+    """(type, name) of a resource's parent, read from its URN (`urn:pulumi:<stack>::<project>::<types>::<name>`).
+
+    The root stack is registered once per process, so it is not always among a run's registrations."""
+    _, _, types, parent_name = graph.resources[name].parent.split("::", 3)
+    return types.split("$")[-1], parent_name
+
+
+def test_every_resource_has_the_right_parent(graph):
+    for name in ("devices", "prefill-0", "decode-0", "proxy"):
+        assert parent_of(graph, name)[0] == STACK
+    for key in PREFILL_KEYS:
+        assert parent_of(graph, key) == ("pdstack:index:PrefillGroup", "prefill-0")
+    for key in DECODE_KEYS:
+        assert parent_of(graph, key) == ("pdstack:index:DecodeGroup", "decode-0")
+    assert parent_of(graph, PROXY_KEY) == ("pdstack:index:GlobalProxy", "proxy")
+    for r in graph.commands():
+        if r.name.endswith("-device-addresses"):
+            assert parent_of(graph, r.name) == ("pdstack:index:DeviceAddresses", "devices")
+        else:
+            key = r.name.rsplit("-", 1)[0]
+            assert parent_of(graph, r.name) == ("pdstack:index:HostContainer", key), r.name
+
+
+def test_containers_are_deleted_before_they_are_replaced(graph):
+    containers = [r for r in graph.commands() if r.name.endswith("-container")]
+    assert len(containers) == 9
+    assert all(r.delete_before_replace for r in containers)
+
+
+def test_container_triggers_name_every_part(graph, reference_raw):
+    plans = {p.key: p for p in render(spec_of(reference_raw)).plans()}
+    for key, plan in plans.items():
+        triggers = graph.resources[f"{key}-container"].inputs["triggers"]
+        assert all(isinstance(t, str) and re.fullmatch(r"[a-z]+=\S+", t) for t in triggers), triggers
+        parts = dict(t.split("=", 1) for t in triggers)
+        expected = {"host", "image", "docker", "args", "script", "ranktables"} | ({"env"} if plan.role != "proxy" else set())
+        assert set(parts) == expected, key
+        assert parts["host"] == REFERENCE_ADDRESSES[plan.host.name] and parts["image"] == IMAGE
+        assert triggers[2:-1] == [f"{name}={value}" for name, value in plan.parts]
+        assert re.fullmatch(r"[0-9a-f]{12}", parts["ranktables"])
+
+
+def test_ranktable_digests_differ_per_host(graph):
+    digests = {h: graph.resources[f"{k}-container"].inputs["triggers"][-1] for h, k in
+               zip(ENGINE_HOSTS, PREFILL_KEYS + DECODE_KEYS)}
+    assert len(set(digests.values())) == len(ENGINE_HOSTS)
+
+
+def test_container_waits_for_its_files_and_image(graph):
+    for key in PREFILL_KEYS + DECODE_KEYS + [PROXY_KEY]:
+        deps = set(graph.resources[f"{key}-container"].dependencies)
+        assert {graph.resources[f"{key}-files"].urn, graph.resources[f"{key}-image"].urn} <= deps
+        assert graph.resources[f"{key}-container"].urn in graph.resources[f"{key}-ready"].dependencies
+
+
+def test_the_proxy_starts_after_every_engine_host_is_ready(graph):
+    ready = {graph.resources[f"{key}-ready"].urn for key in PREFILL_KEYS + DECODE_KEYS}
+    assert ready <= set(graph.resources[f"{PROXY_KEY}-container"].dependencies)
+    # …and the engines do not wait for each other.
+    for key in PREFILL_KEYS + DECODE_KEYS:
+        assert not ready & set(graph.resources[f"{key}-container"].dependencies), key
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+
+def outside_secrets(value: Any):
+    """Every string in a serialized value that is not inside a secret."""
+    if isinstance(value, dict):
+        if SECRET_SIG in value:
+            return
+        for k, v in value.items():
+            yield k
+            yield from outside_secrets(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from outside_secrets(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_private_keys_only_travel_inside_secrets(graph):
+    secrets = (PEM, FILE_KEY)
+    key_lines = [line for key in secrets for line in key.splitlines() if "PRIVATE KEY" not in line]
+    seen = list(graph.outputs) + [r.inputs for r in graph.resources.values()]
+    for value in seen:
+        for text in outside_secrets(value):
+            assert not any(line in text for line in key_lines)
+    for r in graph.commands():
+        connection = r.inputs["connection"]
+        assert set(connection) == {SECRET_SIG, "value"}, r.name
+        host = re.fullmatch(r"(?:.+-)?([a-z0-9]+)-(?:device-addresses|files|image|container|ready)", r.name).group(1)
+        assert connection["value"]["host"] == REFERENCE_ADDRESSES[host], r.name
+        assert connection["value"]["privateKey"] == (FILE_KEY if host == "d3" else PEM), r.name
+
+
+def test_device_addresses_are_read_once_per_host(graph):
+    for host in ENGINE_HOSTS:
+        r = graph.resources[f"{host}-device-addresses"]
+        assert r.inputs["triggers"] == [f"host={REFERENCE_ADDRESSES[host]}", "devices=" + ",".join(map(str, range(16)))]
+    assert set(graph.mocks.device_ips) == set(ENGINE_HOSTS)  # and never for the proxy's host
+
+
+def test_hosts_get_their_launch_script_and_the_ranktables_of_the_addresses_read(graph, reference_raw):
+    spec = spec_of(reference_raw)
+    ranktables = render_ranktables(spec, graph.mocks.device_ips)
+    for plan in render(spec).plans():
+        files = graph.resources[f"{plan.key}-files"].inputs
+        expected = plan.files + (ranktables[plan.host.name] if plan.role != "proxy" else ())
+        assert files["stdin"] == remote.write_files_script(expected), plan.key
+        assert files["create"] == "bash -s"
+        assert files["delete"] == remote.delete_files_command(tuple(f.path for f in plan.files) + plan.ranktable_paths)
+
+
+def test_a_host_in_both_roles_reads_all_its_devices_once():
+    graph = run_program(shared_host(ssh={"privateKey": PEM}))
+    reads = [r for r in graph.commands() if r.name.endswith("-device-addresses")]
+    assert sorted(r.name for r in reads) == ["n0-device-addresses", "n1-device-addresses"]
+    assert graph.resources["n0-device-addresses"].inputs["triggers"][1] == "devices=" + ",".join(map(str, range(16)))
+    assert graph.resources["n1-device-addresses"].inputs["triggers"][1] == "devices=" + ",".join(map(str, range(8, 16)))
+    assert {"prefill-0-n0-container", "decode-0-n0-container", "proxy-n1-container"} <= graph.resources.keys()
+
+
+def test_a_failed_device_read_fails_the_program_naming_the_host(reference_raw):
+    # The DeviceAddressError surfaces through the inputs that need the ranktables (a ValueError chain).
+    with pytest.raises(ValueError, match=r"(?s)host d2: could not read device addresses.*\(device 3: hccn_tool said"):
+        run_program(reference_raw, Mocks(failing_host="d2"))
