@@ -63,6 +63,7 @@ def up(count: int, devices: int) -> list[HostLayout]:
     _ensure_ns_dir()
     _make_placeholders(state["placeholders"])
     _ensure_registry()
+    hostmod.install_runtime()
     for h in wanted:
         h.dir.mkdir(parents=True, exist_ok=True)
         fakeascend.write_host_root(h, devices, wanted)
@@ -101,6 +102,8 @@ def down() -> None:
         shutil.rmtree(NS_DIR.parent, ignore_errors=True)
     _remove_placeholders(state.get("placeholders", []))
     shutil.rmtree(HOSTS_DIR, ignore_errors=True)
+    for name in ("registry.yml", "registry.log", hostmod.RUNC_BOUNDED.name):
+        (STATE_DIR / name).unlink(missing_ok=True)
     STATE_FILE.unlink(missing_ok=True)
 
 

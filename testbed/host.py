@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
 
 from . import fakeascend
-from .layout import BRIDGE, GATEWAY, KEYS_DIR, NS_DIR, REGISTRY, HostLayout
+from .layout import BRIDGE, GATEWAY, KEYS_DIR, NS_DIR, REGISTRY, STATE_DIR, HostLayout
 from .system import alive, read_pid, run, stop_pid, succeeds, wait_for
 
 AUTHORIZED_KEYS = KEYS_DIR / "authorized_keys"
-RUNC_BOUNDED = Path(__file__).resolve().parent / "runc_bounded.py"
+RUNC_BOUNDED_SOURCE = Path(__file__).resolve().parent / "runc_bounded.py"
+# The hosts' dockerd runs it from inside the host's mount namespace, where the checkout may be hidden
+# (a clone under /tmp is: every host has its own /tmp), so it is installed under the state dir.
+RUNC_BOUNDED = STATE_DIR / "runc-bounded"
 
 
 def enter(host: HostLayout) -> list[str]:
@@ -88,6 +92,14 @@ def ensure_sshd(host: HostLayout) -> None:
     conf = host.dir / "sshd_config"
     conf.write_text(sshd_config(host))
     run(enter(host) + ["/usr/sbin/sshd", "-f", str(conf), "-E", str(host.dir / "sshd.log")])
+
+
+def install_runtime() -> None:
+    """Once per `up`, before any host's dockerd starts (they all exec this one file)."""
+    tmp = RUNC_BOUNDED.with_suffix(".tmp")
+    shutil.copyfile(RUNC_BOUNDED_SOURCE, tmp)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, RUNC_BOUNDED)
 
 
 def ensure_dockerd(host: HostLayout) -> None:
