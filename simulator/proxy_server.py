@@ -221,6 +221,17 @@ class Handler(httpio.Handler):
             pool.release(up)
         self.send_bytes(resp.status, data, resp.getheader("Content-Type", "application/json"))
 
+    def _open_hop(self, pool, path: str, body: dict, fwd: dict, rid: str, hdr: dict):
+        """Sends one hop to an upstream of `pool`; on failure answers the client and returns None."""
+        try:
+            return self.proxy.open(pool, "POST", path, json.dumps(body).encode(), fwd)
+        except NoUpstream as e:
+            self._log("error", f"request {rid}: {e}")
+            self.send_json(503, _err(503, str(e)), hdr)
+        except HttpError as e:
+            self.send_json(e.status, _err(e.status, e.message), hdr)
+        return None
+
     def _two_hop(self, path: str):
         t0 = time.monotonic()
         rid = self.headers.get("X-Request-Id") or uuid.uuid4().hex
@@ -236,16 +247,10 @@ class Handler(httpio.Handler):
             fwd["Authorization"] = self.headers["Authorization"]
         p = self.proxy
         # Hop 1: prefill.
-        try:
-            pup, pconn, presp = p.open(p.prefill, "POST", path,
-                                       json.dumps(prefill_body(body)).encode(), fwd)
-        except NoUpstream as e:
-            self._log("error", f"request {rid}: {e}")
-            self.send_json(503, _err(503, str(e)), hdr)
+        opened = self._open_hop(p.prefill, path, prefill_body(body), fwd, rid, hdr)
+        if opened is None:
             return
-        except HttpError as e:
-            self.send_json(e.status, _err(e.status, e.message), hdr)
-            return
+        pup, pconn, presp = opened
         try:
             pdata = presp.read()
         except OSError as e:
@@ -273,15 +278,10 @@ class Handler(httpio.Handler):
             self._log("warn", f"request {rid}: prefill {pup.addr} returned no "
                               "kv_transfer_params; decode will recompute the prompt")
         # Hop 2: decode, relayed as it arrives.
-        try:
-            dup, dconn, dresp = p.open(p.decode, "POST", path, json.dumps(dbody).encode(), fwd)
-        except NoUpstream as e:
-            self._log("error", f"request {rid}: {e}")
-            self.send_json(503, _err(503, str(e)), hdr)
+        opened = self._open_hop(p.decode, path, dbody, fwd, rid, hdr)
+        if opened is None:
             return
-        except HttpError as e:
-            self.send_json(e.status, _err(e.status, e.message), hdr)
-            return
+        dup, dconn, dresp = opened
         try:
             self._relay_decode(dresp, cached, hdr)
         finally:
