@@ -91,3 +91,15 @@ def test_an_engine_that_fails_at_start_shows_its_log(stack, tmp_path):
     out = up.stdout + up.stderr
     assert re.search(r"host host6: container you_name_omni_infer_decode_host6 is (exited|dead)", out), out[-4000:]
     assert "PDSIM_FAIL_AT_START" in out  # the engine's own last words, from `docker logs`
+
+
+def test_an_unreachable_host_fails_naming_it_within_the_dial_limit(stack, tmp_path):
+    config = stacks.small_topology()
+    config["pdstack:hosts"]["host3"] = {"address": "10.77.0.99"}  # on the testbed subnet, nobody there
+    path = stacks.write(tmp_path / "stack.yaml", config)
+    started = time.monotonic()
+    up = stack("up", "--yes", "--skip-preview", "--config-file", path, check=False, timeout=900)
+    assert up.returncode != 0
+    assert time.monotonic() - started < 300  # 4 dials of at most 15 s each, not a hang
+    out = up.stdout + up.stderr
+    assert "host3-device-addresses" in out and "10.77.0.99" in out, out[-4000:]
