@@ -7,7 +7,7 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from components.connection import connection
-from components.devices import DeviceAddresses, DeviceAddressesArgs
+from components.devices import DeviceAddresses, DeviceAddressesArgs, GlobalRanktable, GlobalRanktableArgs
 from components.groups import (DecodeGroup, DecodeGroupArgs, GlobalProxy, GlobalProxyArgs, PrefillGroup,
                                PrefillGroupArgs)
 from pdstack import image_resolve, topology
@@ -46,15 +46,18 @@ for plan in deployment.plans():
         host, devices = device_hosts.get(plan.host.name, (plan.host, ()))
         device_hosts[plan.host.name] = (host, tuple(sorted(set(devices) | set(plan.devices))))
 devices = DeviceAddresses("devices", DeviceAddressesArgs(hosts=device_hosts, connections=connections))
-ranktables = devices.addresses.apply(
-    lambda found: ranktable.render_ranktables(spec, {h: {int(d): a for d, a in addrs.items()} for h, addrs in found.items()}))
+addresses = devices.addresses.apply(
+    lambda found: {h: {int(d): a for d, a in addrs.items()} for h, addrs in found.items()})
+ranktables = addresses.apply(lambda a: ranktable.render_ranktables(spec, a))
+global_file = addresses.apply(lambda a: ranktable.render_global_ranktable(spec, a))
+global_ranktable = GlobalRanktable("global-ranktable", GlobalRanktableArgs(
+    hosts={name: host for name, (host, _) in device_hosts.items()}, connections=connections,
+    path=ranktable.global_path(spec), file=global_file))
+shared = dict(image=image, connections=connections, ranktables=ranktables, global_ranktable=global_file,
+              global_written=global_ranktable.written, readiness=spec.readiness)
 
-prefill = [PrefillGroup(inst.name, PrefillGroupArgs(plans=plans, image=image, connections=connections,
-                                                    ranktables=ranktables, readiness=spec.readiness))
-           for inst, plans in deployment.prefill]
-decode = [DecodeGroup(inst.name, DecodeGroupArgs(plans=plans, image=image, connections=connections,
-                                                 ranktables=ranktables, readiness=spec.readiness))
-          for inst, plans in deployment.decode]
+prefill = [PrefillGroup(inst.name, PrefillGroupArgs(plans=plans, **shared)) for inst, plans in deployment.prefill]
+decode = [DecodeGroup(inst.name, DecodeGroupArgs(plans=plans, **shared)) for inst, plans in deployment.decode]
 proxy = GlobalProxy("proxy", GlobalProxyArgs(
     plan=deployment.proxy, image=image, connection=connections[deployment.proxy.host.name],
     readiness=spec.readiness, upstreams=[r for g in prefill + decode for r in g.ready]))

@@ -1,4 +1,5 @@
-"""Reads each prefill/decode host's NPU device addresses (hccn_tool), which the ranktables need."""
+"""Per prefill/decode host: read its NPU device addresses (hccn_tool), and write the global ranktable
+that every instance's ranktables are merged into (one file per host, shared by its containers)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +9,8 @@ from pulumi_command import remote
 
 from pdstack.config.model import Host
 from pdstack.rendering import ranktable
+from pdstack.rendering import remote as cmds
+from pdstack.rendering.model import FileSpec
 
 
 @dataclass
@@ -34,3 +37,30 @@ class DeviceAddresses(pulumi.ComponentResource):
                 lambda out, h=host_name, d=devices: {str(k): v for k, v in ranktable.parse_device_addresses(h, d, out).items()})
         self.addresses = pulumi.Output.all(**outputs) if outputs else pulumi.Output.from_input({})
         self.register_outputs({"addresses": self.addresses})
+
+
+@dataclass
+class GlobalRanktableArgs:
+    hosts: dict[str, Host]  # every prefill/decode host
+    connections: dict[str, remote.ConnectionArgs]
+    path: str  # known before the device addresses, so deletes never wait on them
+    file: pulumi.Input[FileSpec]
+
+
+class GlobalRanktable(pulumi.ComponentResource):
+    written: dict[str, remote.Command]  # host name -> the command that wrote it there
+
+    def __init__(self, name: str, args: GlobalRanktableArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("pdstack:index:GlobalRanktable", name, None, opts)
+        file = pulumi.Output.from_input(args.file)
+        self.written = {}
+        for host_name, host in sorted(args.hosts.items()):
+            # Written and removed per host, not per container: a host serving prefill and decode must
+            # keep it while either of its containers remains.
+            self.written[host_name] = remote.Command(
+                f"{host_name}-global-ranktable", connection=args.connections[host_name],
+                create="bash -s", stdin=file.apply(lambda f: cmds.write_files_script((f,))),
+                delete=cmds.delete_files_command((args.path,)),
+                triggers=[f"host={host.address}"], add_previous_output_in_env=False, logging="stderr",
+                opts=pulumi.ResourceOptions(parent=self))
+        self.register_outputs({"hosts": sorted(self.written)})

@@ -17,7 +17,9 @@ class _GroupArgs:
     plans: tuple[HostPlan, ...]
     image: str
     connections: dict[str, remote.ConnectionArgs]
-    ranktables: pulumi.Input[dict[str, tuple[FileSpec, ...]]]  # host name -> its ranktable files
+    ranktables: pulumi.Input[dict[str, tuple[FileSpec, ...]]]  # host name -> its instance ranktables
+    global_ranktable: pulumi.Input[FileSpec]
+    global_written: dict[str, pulumi.Resource]  # host name -> what wrote the global ranktable there
     readiness: Readiness
 
 
@@ -51,8 +53,10 @@ class _InstanceGroup(pulumi.ComponentResource):
         for plan in args.plans:
             self.hosts[plan.host.name] = HostContainer(plan.key, HostContainerArgs(
                 plan=plan, image=args.image, connection=args.connections[plan.host.name],
-                ranktables=ranktables.apply(lambda rts, h=plan.host.name: rts[h]),
-                readiness=args.readiness), pulumi.ResourceOptions(parent=self))
+                ranktables=ranktables.apply(
+                    lambda rts, p=plan: tuple(f for f in rts[p.host.name] if f.path in p.ranktable_paths)),
+                global_ranktable=args.global_ranktable, readiness=args.readiness,
+                depends_on=[args.global_written[plan.host.name]]), pulumi.ResourceOptions(parent=self))
         self.ready = [hc.ready for hc in self.hosts.values()]
         self.register_outputs({"hosts": list(self.hosts)})
 

@@ -16,9 +16,10 @@ class HostContainerArgs:
     plan: HostPlan
     image: str  # what `docker run` gets: a digest-pinned reference when the registry could be asked
     connection: remote.ConnectionArgs
-    ranktables: pulumi.Input[tuple[FileSpec, ...]]  # this host's ranktable files (needs device addresses)
+    ranktables: pulumi.Input[tuple[FileSpec, ...]]  # this container's instance ranktables (need device addresses)
     readiness: Readiness
-    depends_on: list[pulumi.Resource] | None = None  # what must be ready before this container starts
+    global_ranktable: pulumi.Input[FileSpec] | None = None  # read too; written per host by GlobalRanktable
+    depends_on: list[pulumi.Resource] | None = None  # what must exist or be ready before this container starts
 
 
 def triggers(plan: HostPlan, image: str, ranktables_digest: pulumi.Input[str]) -> list:
@@ -51,8 +52,9 @@ class HostContainer(pulumi.ComponentResource):
             create=cmds.pull_image_command(args.image),
             triggers=on_host + [f"image={args.image}"], add_previous_output_in_env=False, opts=child)
 
-        rt_digest = pulumi.Output.from_input(args.ranktables).apply(
-            lambda rts: digest("".join(f.path + f.content for f in rts)))
+        read = pulumi.Output.all(args.ranktables, args.global_ranktable).apply(
+            lambda parts: tuple(parts[0]) + ((parts[1],) if parts[1] else ()))
+        rt_digest = read.apply(lambda rts: digest("".join(f.path + f.content for f in rts)))
         self.container = remote.Command(
             f"{name}-container", connection=args.connection,
             create=cmds.run_container_command(plan, args.image),

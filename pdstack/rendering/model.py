@@ -47,7 +47,7 @@ class HostPlan:
     host: Host
     container: ContainerSpec
     files: tuple[FileSpec, ...]  # rendered without device addresses (launch script)
-    ranktable_paths: tuple[str, ...]  # ranktable files this host needs (content needs device addresses)
+    ranktable_paths: tuple[str, ...]  # this container's instance ranktables (content needs device addresses)
     devices: tuple[int, ...]  # devices whose addresses are read on this host (empty for the proxy)
     health: tuple[HealthCheck, ...]
     log_dir: str

@@ -195,7 +195,7 @@ def _ranktable_paths(spec: ClusterSpec, role: str, inst, address: str) -> tuple[
     paths = [ranktable.local_path(spec, role, address, inst.devices)]
     if len(inst.hosts) > 1:
         paths.append(ranktable.merged_path(spec, role, spec.host(inst.hosts[0]).address))
-    return (*paths, ranktable.global_path(spec))
+    return tuple(paths)
 
 
 def _plan(spec: ClusterSpec, *, key, role, instance, host, cname, script, devices, health, logs, ranktables,

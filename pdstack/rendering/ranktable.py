@@ -6,7 +6,8 @@ Layout under the ranktable path, as the reference leaves it on every host:
 - `global/collect_files_d/<master ip>/local_ranktable_merge.json`: a multi-host decode instance (the
   reference has one decode instance and drops the `<master ip>` level; with several it is needed);
 - `global/global_ranktable_merge.json`: every instance, one group each (prefill first).
-Each host gets only the files its own processes read.
+Each container gets only the files its own processes read; the global file, shared by a host's
+containers, is written once per host.
 """
 from __future__ import annotations
 
@@ -109,15 +110,19 @@ def _dump(doc: dict) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
-def render_ranktables(spec: ClusterSpec, device_addresses: DeviceAddresses) -> dict[str, tuple[FileSpec, ...]]:
-    """Per prefill/decode host name, the ranktable files it needs."""
+def render_global_ranktable(spec: ClusterSpec, device_addresses: DeviceAddresses) -> FileSpec:
+    """Every instance, one group each (prefill first). One file per host, whatever roles it serves."""
     groups = []
     for role, instances in (("prefill", spec.prefill), ("decode", spec.decode)):
         for inst in instances:
             groups.append({"group_id": str(len(groups)), "server_count": len(inst.hosts),
                            "server_list": _servers(spec, role, inst, device_addresses)})
-    global_file = FileSpec(global_path(spec), _dump({"version": "1.0", "status": "completed",
-                                                     "server_group_list": groups}))
+    return FileSpec(global_path(spec), _dump({"version": "1.0", "status": "completed", "server_group_list": groups}))
+
+
+def render_ranktables(spec: ClusterSpec, device_addresses: DeviceAddresses) -> dict[str, tuple[FileSpec, ...]]:
+    """Per prefill/decode host name, the instance ranktables it needs (local, and merged for a multi-host
+    instance) for each role it serves; the global ranktable is `render_global_ranktable`."""
     files: dict[str, list[FileSpec]] = {}
     for role, instances in (("prefill", spec.prefill), ("decode", spec.decode)):
         for inst in instances:
@@ -134,4 +139,4 @@ def render_ranktables(spec: ClusterSpec, device_addresses: DeviceAddresses) -> d
                     "version": "1.0", "status": "completed", "group_id": "0", "server_count": "1",
                     "server_list": [_server(address, inst.devices, device_addresses[name], 0)]}))
                 files.setdefault(name, []).extend([local] + ([merged] if merged else []))
-    return {name: tuple(fs) + (global_file,) for name, fs in files.items()}
+    return {name: tuple(fs) for name, fs in files.items()}

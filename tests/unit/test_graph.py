@@ -7,6 +7,7 @@ wrapped. The tests then assert on that plain data, so no assertion can be skippe
 """
 from __future__ import annotations
 
+import logging
 import re
 import runpy
 import socket
@@ -163,6 +164,7 @@ def test_component_type_tokens(graph):
     types = {name: r.type for name, r in graph.resources.items() if r.type not in (STACK, COMMAND)}
     assert types == {
         "devices": "pdstack:index:DeviceAddresses",
+        "global-ranktable": "pdstack:index:GlobalRanktable",
         "prefill-0": "pdstack:index:PrefillGroup",
         "decode-0": "pdstack:index:DecodeGroup",
         "proxy": "pdstack:index:GlobalProxy",
@@ -171,7 +173,7 @@ def test_component_type_tokens(graph):
 
 
 def test_command_names_derive_from_hosts_and_instances(graph):
-    expected = {f"{h}-device-addresses" for h in ENGINE_HOSTS}
+    expected = {f"{h}-{step}" for h in ENGINE_HOSTS for step in ("device-addresses", "global-ranktable")}
     expected |= {f"{key}-{step}" for key in PREFILL_KEYS + DECODE_KEYS + [PROXY_KEY]
                  for step in ("files", "image", "container", "ready")}
     assert {r.name for r in graph.commands()} == expected
@@ -211,7 +213,7 @@ def parent_of(graph: Graph, name: str) -> tuple[str, str]:
 
 
 def test_every_resource_has_the_right_parent(graph):
-    for name in ("devices", "prefill-0", "decode-0", "proxy"):
+    for name in ("devices", "global-ranktable", "prefill-0", "decode-0", "proxy"):
         assert parent_of(graph, name)[0] == STACK
     for key in PREFILL_KEYS:
         assert parent_of(graph, key) == ("pdstack:index:PrefillGroup", "prefill-0")
@@ -221,6 +223,8 @@ def test_every_resource_has_the_right_parent(graph):
     for r in graph.commands():
         if r.name.endswith("-device-addresses"):
             assert parent_of(graph, r.name) == ("pdstack:index:DeviceAddresses", "devices")
+        elif r.name.endswith("-global-ranktable"):
+            assert parent_of(graph, r.name) == ("pdstack:index:GlobalRanktable", "global-ranktable")
         else:
             key = r.name.rsplit("-", 1)[0]
             assert parent_of(graph, r.name) == ("pdstack:index:HostContainer", key), r.name
@@ -255,6 +259,9 @@ def test_container_waits_for_its_files_and_image(graph):
     for key in PREFILL_KEYS + DECODE_KEYS + [PROXY_KEY]:
         deps = set(graph.resources[f"{key}-container"].dependencies)
         assert {graph.resources[f"{key}-files"].urn, graph.resources[f"{key}-image"].urn} <= deps
+        if key != PROXY_KEY:  # and for the global ranktable on its host
+            host = key.rsplit("-", 1)[1]
+            assert graph.resources[f"{host}-global-ranktable"].urn in deps, key
         assert graph.resources[f"{key}-container"].urn in graph.resources[f"{key}-ready"].dependencies
 
 
@@ -294,7 +301,7 @@ def test_private_keys_only_travel_inside_secrets(graph):
     for r in graph.commands():
         connection = r.inputs["connection"]
         assert set(connection) == {SECRET_SIG, "value"}, r.name
-        host = re.fullmatch(r"(?:.+-)?([a-z0-9]+)-(?:device-addresses|files|image|container|ready)", r.name).group(1)
+        host = re.fullmatch(r"(?:.+-)?([a-z0-9]+)-(?:device-addresses|global-ranktable|files|image|container|ready)", r.name).group(1)
         assert connection["value"]["host"] == REFERENCE_ADDRESSES[host], r.name
         assert connection["value"]["privateKey"] == (FILE_KEY if host == "d3" else PEM), r.name
 
@@ -311,7 +318,8 @@ def test_hosts_get_their_launch_script_and_the_ranktables_of_the_addresses_read(
     ranktables = render_ranktables(spec, graph.mocks.device_ips)
     for plan in render(spec).plans():
         files = graph.resources[f"{plan.key}-files"].inputs
-        expected = plan.files + (ranktables[plan.host.name] if plan.role != "proxy" else ())
+        own = tuple(f for f in ranktables.get(plan.host.name, ()) if f.path in plan.ranktable_paths)
+        expected = plan.files + own
         assert files["stdin"] == remote.write_files_script(expected), plan.key
         assert files["create"] == "bash -s"
         assert files["delete"] == remote.delete_files_command(tuple(f.path for f in plan.files) + plan.ranktable_paths)
@@ -327,6 +335,20 @@ def test_a_host_in_both_roles_reads_all_its_devices_once():
 
 
 def test_a_failed_device_read_fails_the_program_naming_the_host(reference_raw):
+    # The failed run leaves futures holding the same error, which asyncio would log one by one when
+    # they are collected at exit, after pytest's summary; the error itself is asserted below.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     # The DeviceAddressError surfaces through the inputs that need the ranktables (a ValueError chain).
     with pytest.raises(ValueError, match=r"(?s)host d2: could not read device addresses.*\(device 3: hccn_tool said"):
         run_program(reference_raw, Mocks(failing_host="d2"))
+
+
+def test_a_host_in_both_roles_has_one_global_ranktable_that_outlives_either_container():
+    graph = run_program(shared_host(ssh={"privateKey": PEM}))
+    written = [r for r in graph.commands() if r.name.endswith("-global-ranktable")]
+    assert sorted(r.name for r in written) == ["n0-global-ranktable", "n1-global-ranktable"]
+    n0 = graph.resources["n0-global-ranktable"]
+    for key in ("prefill-0-n0", "decode-0-n0"):
+        assert n0.urn in graph.resources[f"{key}-container"].dependencies
+        # Removing one role from the host must not delete the file the other role reads.
+        assert "global_ranktable_merge.json" not in graph.resources[f"{key}-files"].inputs["delete"]

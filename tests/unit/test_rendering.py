@@ -22,7 +22,8 @@ from pdstack import profile, topology
 from pdstack.rendering import ranktable, remote
 from pdstack.rendering.model import FileSpec, HostPlan
 from pdstack.rendering.plan import Deployment, render
-from pdstack.rendering.ranktable import DeviceAddressError, parse_device_addresses, render_ranktables
+from pdstack.rendering.ranktable import (DeviceAddressError, parse_device_addresses, render_global_ranktable,
+                                         render_ranktables)
 
 A = REFERENCE_ADDRESSES
 DEVICES_WORD = "0123456789101112131415"
@@ -446,22 +447,23 @@ def test_merged_decode_ranktable_keeps_config_order():
 
 def test_global_ranktable_1p32_1d32(ref_spec):
     addrs = fake_addresses(ref_spec)
-    files = render_ranktables(ref_spec, addrs)
-    doc = files_by_path(files["p0"])[f"{RT}/global/global_ranktable_merge.json"]
+    global_file = render_global_ranktable(ref_spec, addrs)
+    assert global_file.path == f"{RT}/global/global_ranktable_merge.json"
+    doc = json.loads(global_file.content)
     assert doc["version"] == "1.0" and doc["status"] == "completed"
     groups = doc["server_group_list"]
     assert [(g["group_id"], g["server_count"]) for g in groups] == [("0", 4), ("1", 4)]
     assert [s["server_ip"] for s in groups[0]["server_list"]] == [A[f"p{i}"] for i in range(4)]
     assert [s["server_ip"] for s in groups[1]["server_list"]] == [A[f"d{i}"] for i in range(4)]
     assert groups[1]["server_list"][2] == server(A["d2"], addrs["d2"], 32)
-    # Every host has the same global file.
-    assert len({f.content for fs in files.values() for f in fs if f.path.endswith("global_ranktable_merge.json")}) == 1
+    # One file for every host: it is not among any container's own ranktables.
+    assert not any(f.path == global_file.path for fs in render_ranktables(ref_spec, addrs).values() for f in fs)
 
 
 def test_global_ranktable_2p1d():
     spec = spec_of(reference_2p1d())
     addrs = fake_addresses(spec)
-    doc = files_by_path(render_ranktables(spec, addrs)["d1"])[f"{RT}/global/global_ranktable_merge.json"]
+    doc = json.loads(render_global_ranktable(spec, addrs).content)
     groups = doc["server_group_list"]
     assert [(g["group_id"], g["server_count"]) for g in groups] == [("0", 1), ("1", 1), ("2", 2)]
     assert groups[0]["server_list"] == [server(B["p0"], addrs["p0"], 0)]
@@ -488,15 +490,18 @@ GLOBAL = f"{RT}/global/global_ranktable_merge.json"
 ], ids=["1P32_1D32", "2P1D"])
 def test_each_host_gets_exactly_the_ranktables_its_processes_read(raw, expected):
     spec = spec_of(raw)
+    # The global ranktable is written once per host (GlobalRanktable), the rest per container.
+    own = {host: paths - {GLOBAL} for host, paths in expected.items()}
     files = render_ranktables(spec, fake_addresses(spec))
-    assert {host: {f.path for f in fs} for host, fs in files.items()} == expected  # nothing for the proxy
+    assert {host: {f.path for f in fs} for host, fs in files.items()} == own  # nothing for the proxy
     for plan in render(spec).plans():
         if plan.role == "proxy":
             assert plan.ranktable_paths == ()
             continue
-        assert set(plan.ranktable_paths) == expected[plan.host.name]
+        assert set(plan.ranktable_paths) == own[plan.host.name]
         env = exports(script_of(plan))
-        assert {env["RANK_TABLE_FILE_PATH"], env["GLOBAL_RANK_TABLE_FILE_PATH"]} <= set(plan.ranktable_paths)
+        assert env["RANK_TABLE_FILE_PATH"] in plan.ranktable_paths
+        assert env["GLOBAL_RANK_TABLE_FILE_PATH"] == GLOBAL
 
 
 def test_a_host_in_both_roles_gets_the_ranktables_of_both():
