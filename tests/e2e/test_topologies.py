@@ -20,7 +20,7 @@ def stack(testbed_hosts, pulumi_cli, tmp_path):
     pulumi("stack", "init", "topology")
     yield pulumi
     pulumi("destroy", "--yes", "--skip-preview", "--config-file", str(tmp_path / "stack.yaml"), check=False, timeout=600)
-    pulumi("stack", "rm", "--yes", "--force", "--preserve-config", "topology", check=False)
+    pulumi("stack", "rm", "--yes", "--force", "topology", check=False)  # also removes the Pulumi.topology.yaml init wrote
 
 
 def metric(url: str, name: str) -> float:
