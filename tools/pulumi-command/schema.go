@@ -13,36 +13,17 @@ const schemaJSON = `{
   "types": {
     "command:remote:Logging": {
       "type": "string",
-      "enum": [
-        {"name": "Stdout", "value": "stdout", "description": "Capture stdout in logs but not stderr"},
-        {"name": "Stderr", "value": "stderr", "description": "Capture stderr in logs but not stdout"},
-        {"name": "StdoutAndStderr", "value": "stdoutAndStderr", "description": "Capture stdout and stderr in logs"},
-        {"name": "None", "value": "none", "description": "Capture no logs"}
-      ]
+` + loggingEnum + `
     },
     "command:local:Logging": {
       "type": "string",
-      "enum": [
-        {"name": "Stdout", "value": "stdout", "description": "Capture stdout in logs but not stderr"},
-        {"name": "Stderr", "value": "stderr", "description": "Capture stderr in logs but not stdout"},
-        {"name": "StdoutAndStderr", "value": "stdoutAndStderr", "description": "Capture stdout and stderr in logs"},
-        {"name": "None", "value": "none", "description": "Capture no logs"}
-      ]
+` + loggingEnum + `
     },
     "command:remote:ProxyConnection": {
       "type": "object",
       "description": "The connection settings for a bastion/proxy host.",
       "properties": {
-        "host": {"type": "string", "description": "The address of the proxy host."},
-        "port": {"type": "number", "default": 22, "description": "The port to connect to."},
-        "user": {"type": "string", "default": "root", "description": "The user for the connection."},
-        "password": {"type": "string", "secret": true, "description": "The password for the connection."},
-        "privateKey": {"type": "string", "secret": true, "description": "The contents of an SSH private key."},
-        "privateKeyPassword": {"type": "string", "secret": true, "description": "The passphrase of the private key."},
-        "agentSocketPath": {"type": "string", "description": "SSH agent socket path (default: $SSH_AUTH_SOCK)."},
-        "dialErrorLimit": {"type": "integer", "default": 10, "description": "Max dial errors; -1 for unlimited."},
-        "perDialTimeout": {"type": "integer", "default": 15, "description": "Seconds per dial attempt; 0 for no limit."},
-        "hostKey": {"type": "string", "description": "The expected host key (OpenSSH public key line)."}
+` + connectionProperties + `
       },
       "required": ["host"]
     },
@@ -50,16 +31,7 @@ const schemaJSON = `{
       "type": "object",
       "description": "Instructions for how to connect to a remote endpoint.",
       "properties": {
-        "host": {"type": "string", "description": "The address of the host."},
-        "port": {"type": "number", "default": 22, "description": "The port to connect to."},
-        "user": {"type": "string", "default": "root", "description": "The user for the connection."},
-        "password": {"type": "string", "secret": true, "description": "The password for the connection."},
-        "privateKey": {"type": "string", "secret": true, "description": "The contents of an SSH private key."},
-        "privateKeyPassword": {"type": "string", "secret": true, "description": "The passphrase of the private key."},
-        "agentSocketPath": {"type": "string", "description": "SSH agent socket path (default: $SSH_AUTH_SOCK)."},
-        "dialErrorLimit": {"type": "integer", "default": 10, "description": "Max dial errors; -1 for unlimited."},
-        "perDialTimeout": {"type": "integer", "default": 15, "description": "Seconds per dial attempt; 0 for no limit."},
-        "hostKey": {"type": "string", "description": "The expected host key (OpenSSH public key line)."},
+` + connectionProperties + `,
         "proxy": {"$ref": "#/types/command:remote:ProxyConnection", "description": "A bastion/proxy host to connect through."}
       },
       "required": ["host"]
@@ -127,3 +99,24 @@ const schemaJSON = `{
     }
   }
 }`
+
+// Shared by the remote Connection and ProxyConnection types.
+const connectionProperties = `
+        "host": {"type": "string", "description": "The address of the host."},
+        "port": {"type": "number", "default": 22, "description": "The port to connect to."},
+        "user": {"type": "string", "default": "root", "description": "The user for the connection."},
+        "password": {"type": "string", "secret": true, "description": "The password for the connection."},
+        "privateKey": {"type": "string", "secret": true, "description": "The contents of an SSH private key."},
+        "privateKeyPassword": {"type": "string", "secret": true, "description": "The passphrase of the private key."},
+        "agentSocketPath": {"type": "string", "description": "SSH agent socket path (default: $SSH_AUTH_SOCK)."},
+        "dialErrorLimit": {"type": "integer", "default": 10, "description": "Max dial errors; -1 for unlimited."},
+        "perDialTimeout": {"type": "integer", "default": 15, "description": "Seconds per dial attempt; 0 for no limit."},
+        "hostKey": {"type": "string", "description": "The expected host key (OpenSSH public key line)."}`
+
+// Shared by the remote and local Logging types.
+const loggingEnum = `      "enum": [
+        {"name": "Stdout", "value": "stdout", "description": "Capture stdout in logs but not stderr"},
+        {"name": "Stderr", "value": "stderr", "description": "Capture stderr in logs but not stdout"},
+        {"name": "StdoutAndStderr", "value": "stdoutAndStderr", "description": "Capture stdout and stderr in logs"},
+        {"name": "None", "value": "none", "description": "Capture no logs"}
+      ]`
