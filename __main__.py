@@ -11,6 +11,7 @@ from components.devices import DeviceAddresses, DeviceAddressesArgs, GlobalRankt
 from components.groups import (DecodeGroup, DecodeGroupArgs, GlobalProxy, GlobalProxyArgs, PrefillGroup,
                                PrefillGroupArgs)
 from pdstack import image_resolve, topology
+from pdstack.config.known_hosts import pin_host_keys
 from pdstack.config.parse import ConfigError, check_local_files, parse_cluster
 from pdstack.rendering import ranktable
 from pdstack.rendering.plan import render
@@ -21,6 +22,7 @@ def load_spec():
     try:
         spec = parse_cluster(raw)
         check_local_files(spec)
+        spec = pin_host_keys(spec)
     except ConfigError as err:
         # RunError: the message alone, no traceback, and the engine stops before any resource.
         raise pulumi.RunError(f"invalid stack config:\n{err}") from None
@@ -35,8 +37,8 @@ if problem:
     pulumi.log.warn(f"{problem}; deploying by tag, so a re-pushed tag will not replace containers")
 unpinned = sorted(h.name for h in spec.hosts if not h.ssh.host_key)
 if unpinned:
-    pulumi.log.warn(f"host keys are not verified for {', '.join(unpinned)}: set pdstack:hosts.<name>.hostKey "
-                    "(or pdstack:ssh.hostKey) to pin them")
+    pulumi.log.warn(f"host keys are not verified for {', '.join(unpinned)}: set pdstack:hosts.<name>.hostKey, "
+                    "or pdstack:ssh.knownHostsFile, to pin them")
 
 connections = {h.name: connection(h) for h in spec.hosts}
 

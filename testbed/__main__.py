@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from . import cluster, host as hostmod
 from .layout import CLIENT_KEY, DEFAULT_DEVICES, DEFAULT_HOSTS, REGISTRY, host
@@ -20,7 +19,7 @@ def hosts_json() -> list[dict]:
         "port": 22,
         "user": "root",
         "privateKeyPath": str(CLIENT_KEY),
-        "hostPublicKey": " ".join(Path(f"{h.host_key}.pub").read_text().split()[:2]),
+        "hostPublicKey": h.public_key(),
         "devices": state["devices"],
         "deviceAddresses": [h.device_address(d) for d in range(state["devices"])],
     } for h in cluster.hosts_in(state)]

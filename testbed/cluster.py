@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import fakeascend, host as hostmod
-from .layout import (BRIDGE, CLIENT_KEY, GATEWAY, HOSTS_DIR, KEYS_DIR, MAX_DEVICES, NS_DIR, REGISTRY,
+from .layout import (BRIDGE, CLIENT_KEY, GATEWAY, HOSTS_DIR, KEYS_DIR, KNOWN_HOSTS, MAX_DEVICES, NS_DIR, REGISTRY,
                      REGISTRY_CACHE, STATE_DIR, STATE_FILE, HostLayout, host)
 from .system import TestbedError, alive, read_pid, run, stop_pid, succeeds, wait_for
 
@@ -136,6 +136,8 @@ def _ensure_keys(hosts: list[HostLayout]) -> None:
     for h in hosts:
         if not h.host_key.exists():
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", h.name, "-f", str(h.host_key)])
+    # What a stack pins (pdstack:ssh.knownHostsFile): every host the testbed has now.
+    KNOWN_HOSTS.write_text("".join(f"{h.address} {h.public_key()}\n" for h in hosts))
 
 
 def _ensure_bridge() -> None:

@@ -11,6 +11,7 @@ KEYS_DIR = STATE_DIR / "keys"
 HOSTS_DIR = STATE_DIR / "hosts"
 STATE_FILE = STATE_DIR / "testbed.json"
 CLIENT_KEY = KEYS_DIR / "id_ed25519"
+KNOWN_HOSTS = KEYS_DIR / "known_hosts"  # the hosts' keys, for stacks to pin
 
 # Namespace handles must sit on a private mount, under /run so a reboot clears them.
 NS_DIR = Path("/run/pdstack-testbed/ns")
@@ -86,6 +87,10 @@ class HostLayout:
     @property
     def dockerd_pid(self) -> Path:
         return self.dir / "dockerd.pid"
+
+    def public_key(self) -> str:
+        """The host's SSH key as known_hosts and `hostKey` take it: "<type> <base64>"."""
+        return " ".join(Path(f"{self.host_key}.pub").read_text().split()[:2])
 
     def device_address(self, device: int) -> str:
         # Fake NPU (RoCE) addresses: only ever written into ranktables, never routed or contacted.

@@ -17,6 +17,7 @@ class SshSettings:
     private_key_path: str | None = None  # as written in the config, `~` not expanded
     private_key: str | None = None  # the key itself; only ever wrapped in a Pulumi secret
     host_key: str | None = None  # "ssh-ed25519 AAAA…"; None = not verified (warned once)
+    known_hosts_file: str | None = None  # an OpenSSH known_hosts file; fills host_key (see known_hosts.py)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ _REQUIRED = {
     "proxy": "is required: where the global proxy runs, e.g. {host: p0}",
 }
 
-SSH_KEYS = ("user", "port", "privateKeyPath", "privateKey", "hostKey")
+SSH_KEYS = ("user", "port", "privateKeyPath", "privateKey", "hostKey", "knownHostsFile")
 HOST_KEYS = ("address", *SSH_KEYS)
 ENGINE_KEYS = ("maxModelLen", "maxNumSeqs", "gpuMemoryUtilization", "extraArgs", "env")
 PREFILL_KEYS = ("name", "hosts", "devices", "engine")
@@ -123,6 +123,7 @@ class _SshLayer:
     key_path: str | None = None
     key: str | None = None
     host_key: str | None = None
+    known_hosts: str | None = None
     has_key: bool = False  # a key is configured at this level, even if invalid (already reported)
 
 
@@ -241,6 +242,7 @@ def _ssh_layer(value: Any, path: str, r: Reader, *, of_host: bool = False) -> _S
         key_path=r.string(block, "privateKeyPath", path, default=None, check=checks.key_path),
         key=r.string(block, "privateKey", path, default=None, check=checks.private_key),
         host_key=None if host_key is None else checks.normalised_host_key(host_key),
+        known_hosts=r.string(block, "knownHostsFile", path, default=None, check=checks.key_path),
         has_key="privateKeyPath" in block or "privateKey" in block,
     )
     if "privateKeyPath" in block and "privateKey" in block:
@@ -680,6 +682,7 @@ def _merge_ssh(base: _SshLayer, own: _SshLayer | None) -> SshSettings:
         private_key_path=keys.key_path,
         private_key=keys.key,
         host_key=own.host_key or base.host_key,
+        known_hosts_file=own.known_hosts or base.known_hosts,
     )
 
 

@@ -103,3 +103,22 @@ def test_an_unreachable_host_fails_naming_it_within_the_dial_limit(stack, tmp_pa
     assert time.monotonic() - started < 300  # 4 dials of at most 15 s each, not a hang
     out = up.stdout + up.stderr
     assert "host3-device-addresses" in out and "10.77.0.99" in out, out[-4000:]
+
+
+def test_a_host_key_that_does_not_match_fails_up_naming_the_host(stack, tmp_path, testbed_hosts):
+    # A known_hosts file where host3 carries host4's key, as after a reinstall or an impostor.
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(
+        f"{h['address']} {testbed_hosts['host4' if name == 'host3' else name]['hostPublicKey']}\n"
+        for name, h in testbed_hosts.items()))
+    config = stacks.small_topology()
+    config["pdstack:ssh"]["knownHostsFile"] = str(known)
+    path = stacks.write(tmp_path / "stack.yaml", config)
+    preview = stack("preview", "--config-file", path)
+    assert "host keys are not verified" not in preview.stdout + preview.stderr  # every host is pinned
+    up = stack("up", "--yes", "--skip-preview", "--config-file", path, check=False, timeout=900)
+    assert up.returncode != 0
+    out = up.stdout + up.stderr
+    assert "host3-device-addresses" in out and "10.77.0.13" in out and "host key" in out.lower(), out[-4000:]
+    # Nothing was started on the impostor.
+    assert ssh(testbed_hosts["host3"], "docker ps -aq").stdout.strip() == ""
