@@ -59,7 +59,11 @@ shared = dict(image=image, connections=connections, ranktables=ranktables, globa
               global_written=global_ranktable.written, readiness=spec.readiness)
 
 prefill = [PrefillGroup(inst.name, PrefillGroupArgs(plans=plans, **shared)) for inst, plans in deployment.prefill]
-decode = [DecodeGroup(inst.name, DecodeGroupArgs(plans=plans, **shared)) for inst, plans in deployment.decode]
+decode: list[DecodeGroup] = []
+for inst, plans in deployment.decode:
+    # A plain dependsOn (no property flows between instances), so replacing one instance replaces only
+    # it, and the next waits until it is ready again: a rolling update.
+    decode.append(DecodeGroup(inst.name, DecodeGroupArgs(plans=plans, **shared, after=decode[-1].ready if decode else [])))
 proxy = GlobalProxy("proxy", GlobalProxyArgs(
     plan=deployment.proxy, image=image, connection=connections[deployment.proxy.host.name],
     readiness=spec.readiness, upstreams=[r for g in prefill + decode for r in g.ready]))

@@ -30,7 +30,9 @@ class PrefillGroupArgs(_GroupArgs):
 
 @dataclass
 class DecodeGroupArgs(_GroupArgs):
-    pass
+    # The previous decode instance's readiness: instances start (and are replaced) one at a time, so
+    # a change that touches every decode instance never takes them all down at once.
+    after: list[pulumi.Resource] = field(default_factory=list)
 
 
 @dataclass
@@ -46,7 +48,8 @@ class _InstanceGroup(pulumi.ComponentResource):
     hosts: dict[str, HostContainer]
     ready: list[pulumi.Resource]
 
-    def __init__(self, type_token: str, name: str, args: _GroupArgs, opts: pulumi.ResourceOptions | None):
+    def __init__(self, type_token: str, name: str, args: _GroupArgs, opts: pulumi.ResourceOptions | None,
+                 after: list[pulumi.Resource] = ()):
         super().__init__(type_token, name, None, opts)
         ranktables = pulumi.Output.from_input(args.ranktables)
         self.hosts = {}
@@ -56,7 +59,8 @@ class _InstanceGroup(pulumi.ComponentResource):
                 ranktables=ranktables.apply(
                     lambda rts, p=plan: tuple(f for f in rts[p.host.name] if f.path in p.ranktable_paths)),
                 global_ranktable=args.global_ranktable, readiness=args.readiness,
-                depends_on=[args.global_written[plan.host.name]]), pulumi.ResourceOptions(parent=self))
+                depends_on=[args.global_written[plan.host.name], *after]),
+                pulumi.ResourceOptions(parent=self))
         self.ready = [hc.ready for hc in self.hosts.values()]
         self.register_outputs({"hosts": list(self.hosts)})
 
@@ -68,7 +72,7 @@ class PrefillGroup(_InstanceGroup):
 
 class DecodeGroup(_InstanceGroup):
     def __init__(self, name: str, args: DecodeGroupArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("pdstack:index:DecodeGroup", name, args, opts)
+        super().__init__("pdstack:index:DecodeGroup", name, args, opts, after=args.after)
 
 
 class GlobalProxy(pulumi.ComponentResource):

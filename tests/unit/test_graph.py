@@ -51,6 +51,10 @@ class Registered:
     dependencies: list[str]  # URNs
     delete_before_replace: bool
     inputs: dict[str, Any]  # as serialized for the engine: secrets wrapped, camelCase keys
+    property_dependencies: dict[str, list[str]]  # input name -> URNs its value came from
+
+    def property_dependencies_flat(self) -> set[str]:
+        return {urn for urns in self.property_dependencies.values() for urn in urns}
 
 
 class RecordingMonitor(mocks.MockMonitor):
@@ -64,7 +68,8 @@ class RecordingMonitor(mocks.MockMonitor):
         self.registered.append(Registered(
             urn=response.urn, type=request.type, name=request.name, parent=request.parent,
             dependencies=list(request.dependencies), delete_before_replace=request.deleteBeforeReplace,
-            inputs=json_format.MessageToDict(request.object)))
+            inputs=json_format.MessageToDict(request.object),
+            property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()}))
         return response
 
     def RegisterResourceOutputs(self, request):
@@ -352,3 +357,18 @@ def test_a_host_in_both_roles_has_one_global_ranktable_that_outlives_either_cont
         assert n0.urn in graph.resources[f"{key}-container"].dependencies
         # Removing one role from the host must not delete the file the other role reads.
         assert "global_ranktable_merge.json" not in graph.resources[f"{key}-files"].inputs["delete"]
+
+
+def test_decode_instances_wait_for_the_previous_one_to_be_ready():
+    raw = reference_2p1d(ssh={"privateKey": PEM})
+    raw["pdstack:hosts"]["d2"] = {"address": "10.0.1.9"}
+    raw["pdstack:decode"].append({"name": "decode-1", "hosts": ["d2"], "devices": "0-15"})
+    graph = run_program(raw)
+    first_ready = {graph.resources[f"decode-0-{h}-ready"].urn for h in ("d0", "d1")}
+    assert first_ready <= set(graph.resources["decode-1-d2-container"].dependencies)
+    # Only through dependsOn: nothing of decode-0 flows into decode-1's inputs, so replacing decode-0
+    # does not replace decode-1; and the first instance and prefill wait on nothing of the kind.
+    assert not first_ready & set(graph.resources["decode-1-d2-container"].property_dependencies_flat())
+    for key in ("decode-0-d0", "decode-0-d1", "prefill-0-p0", "prefill-1-p1"):
+        deps = set(graph.resources[f"{key}-container"].dependencies)
+        assert not any(d.endswith("-ready") for d in deps), key
