@@ -62,5 +62,6 @@ class GlobalRanktable(pulumi.ComponentResource):
                 create="bash -s", stdin=file.apply(lambda f: cmds.write_files_script((f,))),
                 delete=cmds.delete_files_command((args.path,)),
                 triggers=[f"host={host.address}"], add_previous_output_in_env=False, logging="stderr",
-                opts=pulumi.ResourceOptions(parent=self))
+                # Same path on the same host when replaced with --replace: delete first, as for -files.
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
         self.register_outputs({"hosts": sorted(self.written)})

@@ -45,7 +45,11 @@ class HostContainer(pulumi.ComponentResource):
             f"{name}-files", connection=args.connection,
             create="bash -s", stdin=files.apply(cmds.write_files_script),
             delete=cmds.delete_files_command(tuple(f.path for f in plan.files) + plan.ranktable_paths),
-            triggers=on_host, add_previous_output_in_env=False, logging="stderr", opts=child)
+            triggers=on_host, add_previous_output_in_env=False, logging="stderr",
+            # Delete before replace: the old and the new resource write the same paths on the same host
+            # (`pulumi up --replace`, as `pdstack status` prints for a changed launch script), and a
+            # create-before-delete replacement would delete the files the new one has just written.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
 
         image = remote.Command(
             f"{name}-image", connection=args.connection,

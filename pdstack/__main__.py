@@ -3,8 +3,10 @@
 Commands:
   import-ansible INVENTORY.yml [SERVER_TEMPLATE.yml] --stack NAME   write Pulumi.NAME.yaml from an Omni-Infer
                                                                     Ansible inventory and server template
+  status -s STACK [--config-file FILE] [--json] [--all]             check every host against what the stack
+                                                                    deployed; print repair commands
 Each command is a `_cmd_<name>(args) -> exit code` registered in COMMANDS with its argument setup.
-Exit codes: 0 done, 1 refused (e.g. the file exists), 2 bad input or usage.
+Exit codes: 0 done, 1 refused (e.g. the file exists) or, for status, something differs; 2 bad input or usage.
 """
 from __future__ import annotations
 
@@ -68,9 +70,68 @@ def _cmd_import_ansible(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _args_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", "--stack", required=True, help="the stack to check")
+    p.add_argument("--config-file", metavar="FILE",
+                   help="the stack's config file, when it is not Pulumi.STACK.yaml (as given to `pulumi up`)")
+    p.add_argument("--json", action="store_true", help="print the rows and repair commands as JSON")
+    p.add_argument("--all", action="store_true", help="list every check, not only the differences")
+    p.add_argument("--pulumi", default=None, metavar="PATH",
+                   help="the Pulumi CLI to ask (default: this repository's bin/pulumi)")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .status import check, live
+
+    if not _STACK_NAME.fullmatch(args.stack.rsplit("/", 1)[-1]):
+        print(f"error: -s {args.stack!r} is not a stack name", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.config_file and not os.path.isfile(args.config_file):
+        print(f"error: --config-file {args.config_file}: no such file", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    config_file = os.path.abspath(args.config_file) if args.config_file else None
+    try:
+        stack = live.read_stack(args.stack, config_file, args.pulumi or str(live.ROOT / "bin/pulumi"))
+    except live.StackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    rows = live.check_stack(stack)
+    repairs = [check.repair_for(r, args.stack, stack.urns, config_file) for r in rows]
+    every = check.repair_all(rows, args.stack, stack.urns, config_file)
+    bad = [r for r in rows if not r.ok]
+    if args.json:
+        json.dump({"stack": args.stack, "ok": not bad,
+                   "rows": [dict(host=r.host, container=r.container, check=r.check, expected=r.expected,
+                                 found=r.found, ok=r.ok, hint=r.hint or None,
+                                 repair=rp.text if rp else None, repairArgv=list(rp.argv) if rp else None)
+                            for r, rp in zip(rows, repairs) if args.all or not r.ok],
+                   "repairAll": list(every.argv) if every else None}, sys.stdout, indent=2)
+        print()
+        return EXIT_REFUSED if bad else EXIT_OK
+    containers = sum(len(v) for v in check.expected_state(stack.deployment).values())
+    hosts = len({p.host.name for p in stack.deployment.plans()})
+    if not bad:
+        if args.all:
+            sys.stdout.write(check.format_table(rows, repairs, show_all=True))
+        print(f"stack {args.stack}: {containers} containers on {hosts} hosts, {len(rows)} checks: "
+              f"everything matches the stack")
+        return EXIT_OK
+    sys.stdout.write(check.format_table(rows, repairs, show_all=args.all))
+    if every and sum(1 for r in repairs if r) > 1:
+        print(f"  all at once: {every.text}")
+    print(f"\nstack {args.stack}: {len(bad)} of {len(rows)} checks differ "
+          f"({containers} containers on {hosts} hosts)")
+    return EXIT_REFUSED
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "import-ansible": ("write a stack config from an Omni-Infer Ansible inventory and server template",
                        _args_import_ansible, _cmd_import_ansible),
+    "status": ("check every host against what the stack deployed (containers, images, health, proxy "
+               "servers) and print the command repairing each difference; exit 1 when anything differs",
+               _args_status, _cmd_status),
 }
 
 

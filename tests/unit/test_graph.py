@@ -241,6 +241,14 @@ def test_containers_are_deleted_before_they_are_replaced(graph):
     assert all(r.delete_before_replace for r in containers)
 
 
+def test_launch_files_are_deleted_before_they_are_replaced(graph):
+    # `pulumi up --replace <-files URN>` (what `pdstack status` prints for an edited launch script): the
+    # old and the new resource write the same paths, so the old one's delete must come first.
+    files = [r for r in graph.commands() if r.name.endswith("-files")]
+    assert len(files) == 9
+    assert all(r.delete_before_replace for r in files)
+
+
 def test_container_triggers_name_every_part(graph, reference_raw):
     plans = {p.key: p for p in render(spec_of(reference_raw)).plans()}
     for key, plan in plans.items():
