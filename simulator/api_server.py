@@ -109,6 +109,13 @@ class _Handler(httpio.Handler):
 
 
 def make_server(engine: Engine) -> httpio.Server:
+    """Bound (so a busy port fails at once) but not listening: Engine.serve decides when to listen."""
     handler = type("Handler", (_Handler,), {"engine": engine})
-    return httpio.Server((engine.cfg.host, engine.cfg.port), handler)
+    server = httpio.Server((engine.cfg.host, engine.cfg.port), handler, bind_and_activate=False)
+    try:
+        server.server_bind()
+    except OSError:
+        server.server_close()
+        raise
+    return server
 

@@ -44,6 +44,12 @@ class Engine:
         self.prefix_cache = PrefixCache(cfg.block_size) if cfg.prefix_caching else None
         self.slots = threading.Semaphore(cfg.max_num_seqs)
         self.startup_delay = _env_float("PDSIM_STARTUP_DELAY", 2.0)
+        # Real vLLM accepts HTTP connections only once start-up is complete, so a proxy (nginx) sees a
+        # starting engine as a refused connection and moves on. PDSIM_HEALTH_DURING_STARTUP=1 listens
+        # at once instead, so that /health can say why the engine is not ready (a diagnostic mode).
+        self.listen_early = os.environ.get("PDSIM_HEALTH_DURING_STARTUP", "") not in ("", "0")
+        self._settled = threading.Event()  # start-up finished, or failed, or a stop was asked for
+        self._serving = False
         self.token_delay = _env_float("PDSIM_TOKEN_DELAY", 0.01)
         self.kv_lease = _env_float("PDSIM_KV_LEASE", kv_transfer.DEFAULT_LEASE_SECONDS)
         self.fail_after = int(_env_float("PDSIM_FAIL_AFTER_REQUESTS", 0))
@@ -153,6 +159,7 @@ class Engine:
         self.ready = True
         self.metrics.ready = True
         self.reason = "ready"
+        self._settled.set()
         plain(f"INFO:     Started server process [{os.getpid()}]")
         plain("INFO:     Waiting for application startup.")
         plain("INFO:     Application startup complete.")
@@ -205,7 +212,12 @@ class Engine:
     def _die(self, msg: str) -> None:
         log.error(msg)
         self.fatal = msg
-        threading.Thread(target=self.httpd.shutdown, daemon=True).start()
+        self._stop_serving()
+
+    def _stop_serving(self) -> None:
+        self._settled.set()
+        if self._serving:
+            threading.Thread(target=self.httpd.shutdown, daemon=True).start()
 
     def serve(self) -> int:
         from .api_server import make_server
@@ -227,15 +239,29 @@ class Engine:
         except OSError as e:
             log.error(f"cannot start the API server on {c.host}:{c.port}: {e}")
             return 1
-        log.info(f"API server listening on http://{c.host}:{c.port} (not ready until start-up "
-                 "completes; /health answers 503 with the reason meanwhile)")
 
         def stop(signum, frame):
             log.info(f"received signal {signum}; shutting down")
-            threading.Thread(target=self.httpd.shutdown, daemon=True).start()
+            self.fatal = self.fatal or ("" if self.ready else f"stopped by signal {signum} during start-up")
+            self._stop_serving()
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        if self.listen_early:
+            self.httpd.server_activate()
+            log.info(f"API server listening on http://{c.host}:{c.port} (not ready until start-up "
+                     "completes; /health answers 503 with the reason meanwhile)")
         threading.Thread(target=self._startup, name="startup", daemon=True).start()
+        if not self.listen_early:
+            log.info(f"API port {c.host}:{c.port} reserved; it accepts connections once start-up completes")
+            while not self._settled.wait(0.2):
+                pass
+            if self.fatal is not None:
+                self.httpd.server_close()
+                for s in self._sockets_to_close:
+                    s.close()
+                return 1 if self.fatal else 0
+            self.httpd.server_activate()
+        self._serving = True
         self.httpd.serve_forever(poll_interval=0.2)
         self.httpd.server_close()
         for s in self._sockets_to_close:

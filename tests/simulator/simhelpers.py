@@ -47,8 +47,10 @@ def sim_env(**extra) -> dict:
                 "RANK_TABLE_FILE_PATH", "GLOBAL_RANK_TABLE_FILE_PATH", "ASCEND_RT_VISIBLE_DEVICES",
                 "NNODES", "ROLE"):
             del env[k]
+    # The wiring tests read /health's reasons while an engine starts: the simulator's diagnostic mode.
+    # test_engine.py checks the default (connections refused until ready) on its own.
     env.update(PYTHONPATH=str(REPO), PDSIM_STARTUP_DELAY="0", PDSIM_TOKEN_DELAY="0.002",
-               PYTHONUNBUFFERED="1", RAY_STANDIN_START_WAIT="1")
+               PYTHONUNBUFFERED="1", RAY_STANDIN_START_WAIT="1", PDSIM_HEALTH_DURING_STARTUP="1")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

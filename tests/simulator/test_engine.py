@@ -1,8 +1,12 @@
 """`vllm serve` stand-in: flags, HTTP API, determinism, metrics, fault knobs."""
 
 import json
+import socket
 import subprocess
 import sys
+import time
+
+import pytest
 
 from simhelpers import (REPO, free_port, get_json, new_host, post_json, request, sim_env,
                         sse_events, wait_health, wait_http)
@@ -73,6 +77,32 @@ def test_health_503_with_reason_until_ready_then_startup_line(procs, model_dir):
     assert status == 503
     wait_health(host, port, proc=p)
     assert "INFO:     Application startup complete." in p.output()
+
+
+def test_by_default_connections_are_refused_until_ready_like_vllm(procs, model_dir):
+    # A proxy must see a starting engine as a refused connection (and try another server), not as
+    # a server answering 503: real vLLM listens only once start-up is complete.
+    host, port, p = start_engine(procs, model_dir, env=sim_env(PDSIM_STARTUP_DELAY="2",
+                                                               PDSIM_HEALTH_DURING_STARTUP="0"))
+    deadline = time.monotonic() + 10
+    while "reserved" not in p.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "reserved" in p.output()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, port), timeout=2).close()
+    wait_health(host, port, proc=p)
+    assert "INFO:     Application startup complete." in p.output()
+
+
+def test_a_busy_api_port_fails_at_once(procs, model_dir):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        p = procs.vllm(model_dir, "--host", "127.0.0.1", "--port", str(port),
+                       env=sim_env(PDSIM_HEALTH_DURING_STARTUP="0"))
+        assert p.wait(10) == 1
+        assert "cannot start the API server" in p.output()
 
 
 def test_models_completions_and_headers(procs, model_dir):
