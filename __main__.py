@@ -10,7 +10,7 @@ from components.connection import connection
 from components.devices import DeviceAddresses, DeviceAddressesArgs, GlobalRanktable, GlobalRanktableArgs
 from components.groups import (DecodeGroup, DecodeGroupArgs, GlobalProxy, GlobalProxyArgs, PrefillGroup,
                                PrefillGroupArgs)
-from pdstack import image_resolve, topology
+from pdstack import image_resolve, profile, topology
 from pdstack.config.known_hosts import pin_host_keys
 from pdstack.config.parse import ConfigError, check_local_files, parse_cluster
 from pdstack.rendering import ranktable
@@ -60,10 +60,14 @@ shared = dict(image=image, connections=connections, ranktables=ranktables, globa
 
 prefill = [PrefillGroup(inst.name, PrefillGroupArgs(plans=plans, **shared)) for inst, plans in deployment.prefill]
 decode: list[DecodeGroup] = []
+# With several decode instances, a host counts as ready only once the proxy routes to it again, so the
+# next instance never goes down while the proxy still avoids this one.
+settle = profile.PROXY_FAIL_TIMEOUT_SECONDS + 1 if len(deployment.decode) > 1 else 0
 for inst, plans in deployment.decode:
     # A plain dependsOn (no property flows between instances), so replacing one instance replaces only
     # it, and the next waits until it is ready again: a rolling update.
-    decode.append(DecodeGroup(inst.name, DecodeGroupArgs(plans=plans, **shared, after=decode[-1].ready if decode else [])))
+    decode.append(DecodeGroup(inst.name, DecodeGroupArgs(plans=plans, **shared, settle_seconds=settle,
+                                                         after=decode[-1].ready if decode else [])))
 proxy = GlobalProxy("proxy", GlobalProxyArgs(
     plan=deployment.proxy, image=image, connection=connections[deployment.proxy.host.name],
     readiness=spec.readiness, upstreams=[r for g in prefill + decode for r in g.ready]))

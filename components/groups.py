@@ -33,6 +33,7 @@ class DecodeGroupArgs(_GroupArgs):
     # The previous decode instance's readiness: instances start (and are replaced) one at a time, so
     # a change that touches every decode instance never takes them all down at once.
     after: list[pulumi.Resource] = field(default_factory=list)
+    settle_seconds: int = 0  # set when there are several instances: see DecodeGroup
 
 
 @dataclass
@@ -49,7 +50,7 @@ class _InstanceGroup(pulumi.ComponentResource):
     ready: list[pulumi.Resource]
 
     def __init__(self, type_token: str, name: str, args: _GroupArgs, opts: pulumi.ResourceOptions | None,
-                 after: list[pulumi.Resource] = ()):
+                 after: list[pulumi.Resource] = (), settle_seconds: int = 0):
         super().__init__(type_token, name, None, opts)
         ranktables = pulumi.Output.from_input(args.ranktables)
         self.hosts = {}
@@ -59,7 +60,7 @@ class _InstanceGroup(pulumi.ComponentResource):
                 ranktables=ranktables.apply(
                     lambda rts, p=plan: tuple(f for f in rts[p.host.name] if f.path in p.ranktable_paths)),
                 global_ranktable=args.global_ranktable, readiness=args.readiness,
-                depends_on=[args.global_written[plan.host.name], *after]),
+                depends_on=[args.global_written[plan.host.name], *after], settle_seconds=settle_seconds),
                 pulumi.ResourceOptions(parent=self))
         self.ready = [hc.ready for hc in self.hosts.values()]
         self.register_outputs({"hosts": list(self.hosts)})
@@ -72,7 +73,8 @@ class PrefillGroup(_InstanceGroup):
 
 class DecodeGroup(_InstanceGroup):
     def __init__(self, name: str, args: DecodeGroupArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("pdstack:index:DecodeGroup", name, args, opts, after=args.after)
+        super().__init__("pdstack:index:DecodeGroup", name, args, opts, after=args.after,
+                         settle_seconds=args.settle_seconds)
 
 
 class GlobalProxy(pulumi.ComponentResource):

@@ -20,6 +20,7 @@ class HostContainerArgs:
     readiness: Readiness
     global_ranktable: pulumi.Input[FileSpec] | None = None  # read too; written per host by GlobalRanktable
     depends_on: list[pulumi.Resource] | None = None  # what must exist or be ready before this container starts
+    settle_seconds: int = 0  # extra wait after healthy (see readiness_script)
 
 
 def triggers(plan: HostPlan, image: str, ranktables_digest: pulumi.Input[str]) -> list:
@@ -72,7 +73,8 @@ class HostContainer(pulumi.ComponentResource):
 
         self.ready = remote.Command(
             f"{name}-ready", connection=args.connection,
-            create=cmds.readiness_script(plan, args.readiness.timeout_seconds, args.readiness.interval_seconds),
+            create=cmds.readiness_script(plan, args.readiness.timeout_seconds, args.readiness.interval_seconds,
+                                         args.settle_seconds),
             triggers=[self.container.stdout], add_previous_output_in_env=False, logging="stderr",
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.container]))
 

@@ -42,6 +42,10 @@ KV_BUFFER_DEVICE = "npu"
 # How to read one device's RoCE address on a host (§5.3); the first line is `ipaddr:x.x.x.x`.
 HCCN_TOOL = "hccn_tool"
 
+# global_proxy.sh writes `server ... max_fails=3 fail_timeout=10s`: a server that failed stays out of
+# the proxy's rotation this long after it is back (§5.6).
+PROXY_FAIL_TIMEOUT_SECONDS = 10
+
 # Balancing policies global_proxy.sh understands (§5.6).
 PROXY_POLICIES = (
     "pd_score_balance", "prefill_score_balance", "weighted_least_active", "greedy_timeout",

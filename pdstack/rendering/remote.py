@@ -57,8 +57,10 @@ def remove_container_command(plan: HostPlan) -> str:
     return f"docker rm -f {q(plan.container.name)} >/dev/null 2>&1; true"
 
 
-def readiness_script(plan: HostPlan, timeout: int, interval: int) -> str:
-    """Waits until the container runs and every health port answers; on failure says why, with logs."""
+def readiness_script(plan: HostPlan, timeout: int, interval: int, settle: int = 0) -> str:
+    """Waits until the container runs and every health port answers; on failure says why, with logs.
+    `settle`: seconds to wait once healthy, for a proxy that took the host out of rotation to take it
+    back (rolling updates wait for this before the next instance goes down)."""
     name = q(plan.container.name)
     host = plan.host.name
     checks = []
@@ -88,6 +90,7 @@ def readiness_script(plan: HostPlan, timeout: int, interval: int) -> str:
         f"  [ $SECONDS -lt $deadline ] || fail 'did not become healthy within {timeout} s'",
         f"  sleep {interval}",
         "done",
+        *([f"sleep {settle}  # the proxy's fail_timeout, so it routes to this host again"] if settle else []),
         f"echo \"pdstack: host {host}: {plan.container.name} ready\"",
     ]
     return "\n".join(lines) + "\n"

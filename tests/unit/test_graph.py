@@ -380,3 +380,10 @@ def test_decode_instances_wait_for_the_previous_one_to_be_ready():
     for key in ("decode-0-d0", "decode-0-d1", "prefill-0-p0", "prefill-1-p1"):
         deps = set(graph.resources[f"{key}-container"].dependencies)
         assert not any(d.endswith("-ready") for d in deps), key
+    # Ready only once the proxy has taken the hosts back (its fail_timeout), before the next goes down.
+    assert "sleep 11  # the proxy's fail_timeout" in graph.resources["decode-0-d0-ready"].inputs["create"]
+    assert "fail_timeout" not in graph.resources["prefill-0-p0-ready"].inputs["create"]
+
+
+def test_a_single_decode_instance_does_not_wait_for_the_proxy(graph):
+    assert "fail_timeout" not in graph.resources["decode-0-d0-ready"].inputs["create"]

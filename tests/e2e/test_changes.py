@@ -1,0 +1,176 @@
+"""Declarative updates (issue 4, change classes 1, 2, 5 and 7): the preview names exactly the hosts a
+change affects and why, `up` replaces exactly those containers (ids and start times elsewhere stay),
+the cluster serves afterwards, and the next preview is empty."""
+import copy
+import json
+import subprocess
+
+import pytest
+
+from . import stacks
+from .conftest import ROOT, ssh
+
+pytestmark = pytest.mark.e2e
+
+HOSTS = [f"host{i}" for i in range(1, 8)]
+
+
+@pytest.fixture(scope="module")
+def deployed(testbed_hosts, tmp_path_factory):
+    from .conftest import Pulumi
+    tmp = tmp_path_factory.mktemp("changes")
+    pulumi = Pulumi(ROOT, tmp / "state")
+    for h in testbed_hosts.values():
+        ssh(h, "docker rm -f $(docker ps -aq) >/dev/null 2>&1; true")
+    pulumi("stack", "init", "changes")
+    config = stacks.small_topology()
+    pulumi("up", "--yes", "--skip-preview", "--config-file", stacks.write(tmp / "base.yaml", config), timeout=900)
+    state = {"config": config, "tmp": tmp}
+    yield pulumi, state, testbed_hosts
+    pulumi("destroy", "--yes", "--skip-preview", "--config-file", str(tmp / "current.yaml"), check=False, timeout=600)
+    pulumi("stack", "rm", "--yes", "--force", "changes", check=False)  # also removes Pulumi.changes.yaml
+
+
+def containers(testbed_hosts) -> dict[str, str]:
+    """container name -> id and start time, over every host."""
+    seen = {}
+    for name in HOSTS:
+        out = ssh(testbed_hosts[name], "for c in $(docker ps -aq); do docker inspect -f "
+                                       "'{{.Name}} {{.Id}} {{.State.StartedAt}} {{.State.Running}}' $c; done").stdout
+        for line in out.splitlines():
+            cname, ident, started, running = line.split()
+            seen[cname.lstrip("/")] = f"{ident} {started} {running}"
+    return seen
+
+
+def replaced_in_preview(pulumi, config_file: str) -> dict[str, list[str]]:
+    """Resource name -> the trigger parts (or properties) that changed, for every replacement step."""
+    out = pulumi("preview", "--json", "--diff", "--config-file", config_file).stdout
+    steps = json.loads(out).get("steps", [])
+    found = {}
+    for step in steps:
+        if step.get("op") not in ("replace", "create-replacement", "delete-replaced"):
+            continue
+        name = step["urn"].split("::")[-1]
+        before = (step.get("oldState") or {}).get("inputs", {}).get("triggers") or []
+        after = (step.get("newState") or {}).get("inputs", {}).get("triggers") or []
+        changed = sorted({t.split("=", 1)[0] for t in set(map(str, after)) ^ set(map(str, before)) if "=" in str(t)})
+        found[name] = changed or step.get("diffReasons", [])
+    return found
+
+
+def changes_only(deployed, mutate, expect: dict[str, set[str]]):
+    """Apply `mutate` to the config; `expect`: container resource name -> trigger parts that must change."""
+    pulumi, state, testbed_hosts = deployed
+    config = copy.deepcopy(state["config"])
+    mutate(config)
+    path = stacks.write(state["tmp"] / "current.yaml", config)
+    before = containers(testbed_hosts)
+
+    replaced = replaced_in_preview(pulumi, path)
+    containers_replaced = {n: set(parts) for n, parts in replaced.items() if n.endswith("-container")}
+    assert containers_replaced.keys() == expect.keys(), replaced
+    for name, parts in expect.items():
+        assert parts <= containers_replaced[name], (name, containers_replaced[name])
+
+    pulumi("up", "--yes", "--skip-preview", "--config-file", path, timeout=900)
+    after = containers(testbed_hosts)
+    changed = {c for c in before.keys() | after.keys() if before.get(c) != after.get(c)}
+    expected_names = {f"you_name_omni_infer_{key_to_role(k)}_{k.removesuffix('-container').rsplit('-', 1)[1]}"
+                      for k in expect}
+    assert changed == expected_names, (changed, expected_names)
+    assert all(v.endswith("true") for v in after.values()), after
+
+    assert complete(pulumi)["choices"][0]["text"]
+    again = pulumi("preview", "--diff", "--config-file", path).stdout
+    assert not any(w in again for w in ("to create", "to update", "to replace", "to delete")), again
+    state["config"] = config
+
+
+def key_to_role(key: str) -> str:
+    return key.split("-", 1)[0]
+
+
+def complete(pulumi) -> dict:
+    endpoint = json.loads(pulumi("stack", "output", "--json").stdout)["endpoint"]
+    body = json.dumps({"model": "deepseek", "temperature": 0, "max_tokens": 8, "prompt": "after a change"})
+    out = subprocess.run(["curl", "-s", "--noproxy", "*", "--max-time", "30", "-X", "POST", endpoint + "/v1/completions",
+                          "-H", "Content-Type: application/json", "-d", body], capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def test_1_a_decode_engine_setting_replaces_that_instances_hosts_only(deployed):
+    def mutate(c):
+        c["pdstack:decode"][0]["engine"] = {"maxNumSeqs": 8}
+    changes_only(deployed, mutate, {"decode-a-host4-container": {"args"}, "decode-a-host5-container": {"args"}})
+
+
+def test_2_env_and_extra_args_of_one_prefill_instance_replace_its_hosts_only(deployed):
+    def mutate(c):
+        c["pdstack:prefill"][1]["engine"] = {"env": {"PDSIM_TOKEN_DELAY": "0.005"}, "extraArgs": "--seed 7"}
+    changes_only(deployed, mutate, {"prefill-b-host3-container": {"env", "args"}})
+
+
+def test_5_proxy_port_and_policies_replace_the_proxy_only(deployed):
+    def mutate(c):
+        c["pdstack:proxy"].update(port=7100, prefillPolicy="pd_score_balance")
+    changes_only(deployed, mutate, {"proxy-host7-container": {"args"}})
+
+
+def test_7_edits_that_change_no_rendered_value_replace_nothing(deployed):
+    def mutate(c):
+        c["pdstack:hosts"] = dict(reversed(list(c["pdstack:hosts"].items())))
+        c["pdstack:prefill"][0]["devices"] = [0, 1, 2, 3]
+        c["pdstack:decode"][1]["devices"] = "0,1,2,3"
+    changes_only(deployed, mutate, {})
+
+
+def started_at(testbed_hosts, host: str, container: str) -> str:
+    return ssh(testbed_hosts[host], f"docker inspect -f '{{{{.State.StartedAt}}}}' {container}").stdout.strip()
+
+
+def test_6_a_change_to_every_decode_instance_rolls_one_instance_at_a_time(deployed):
+    import threading
+    import time
+
+    pulumi, state, testbed_hosts = deployed
+    endpoint = json.loads(pulumi("stack", "output", "--json").stdout)["endpoint"]
+    stop, results = threading.Event(), {"ok": 0, "failed": 0, "errors": []}
+
+    def client():
+        # Sequential requests for as long as the update runs (bounded: at most 20 minutes' worth).
+        deadline = time.monotonic() + 1200
+        while not stop.is_set() and time.monotonic() < deadline:
+            body = json.dumps({"model": "deepseek", "temperature": 0, "max_tokens": 4, "prompt": "rolling"})
+            out = subprocess.run(["curl", "-s", "--noproxy", "*", "--max-time", "30", "-X", "POST",
+                                  endpoint + "/v1/completions", "-H", "Content-Type: application/json", "-d", body],
+                                 capture_output=True, text=True)
+            try:
+                ok = bool(json.loads(out.stdout)["choices"][0]["text"])
+            except (ValueError, KeyError, IndexError):
+                ok = False
+            results["ok" if ok else "failed"] += 1
+            if not ok and len(results["errors"]) < 5:
+                results["errors"].append(out.stdout[:300])
+
+    config = copy.deepcopy(state["config"])
+    for inst in config["pdstack:decode"]:
+        inst["engine"] = dict(inst.get("engine", {}), maxModelLen=32768)
+    path = stacks.write(state["tmp"] / "current.yaml", config)
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    try:
+        pulumi("up", "--yes", "--skip-preview", "--config-file", path, timeout=900)
+    finally:
+        stop.set()
+        thread.join(60)
+    state["config"] = config
+    print(f"\nrolling decode update: {results['ok']} requests answered, {results['failed']} failed "
+          f"during the update; first failures: {results['errors']}")
+
+    # decode-b (one host) started only after both decode-a hosts had been started again and were ready.
+    a = max(started_at(testbed_hosts, h, f"you_name_omni_infer_decode_{h}") for h in ("host4", "host5"))
+    b = started_at(testbed_hosts, "host6", "you_name_omni_infer_decode_host6")
+    assert b > a, (a, b)
+    assert results["ok"] > 0
+    assert results["failed"] == 0, results
