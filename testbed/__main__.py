@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from . import cluster, host as hostmod
 from .layout import CLIENT_KEY, DEFAULT_DEVICES, DEFAULT_HOSTS, REGISTRY, host
@@ -48,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.devices} devices each, registry {REGISTRY}, key {CLIENT_KEY}")
         elif args.cmd == "down":
             cluster.down()
-            rest = cluster.leftovers()
+            # The kernel finishes some tear-down (namespaces, links) asynchronously: give it a moment.
+            deadline = time.monotonic() + 10
+            while (rest := cluster.leftovers()) and time.monotonic() < deadline:
+                time.sleep(0.5)
             if rest:
                 print("testbed down: still present: " + ", ".join(rest), file=sys.stderr)
                 return 1

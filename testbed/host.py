@@ -162,9 +162,11 @@ def destroy(host: HostLayout) -> None:
         if _is_ns_handle(handle):
             run(["umount", str(handle)], check=False)
         handle.unlink(missing_ok=True)
+    # The veth first: deleting the namespace would also remove it, but asynchronously, so it could
+    # still be listed right after `down`.
+    run(["ip", "link", "del", host.veth], check=False)
     if host.netns_path.exists():
         run(["ip", "netns", "del", host.netns], check=False)
-    run(["ip", "link", "del", host.veth], check=False)
     if host.dir.exists():
         run(["rm", "-rf", "--one-file-system", str(host.dir)], check=False)
 

@@ -13,7 +13,9 @@ pytestmark = pytest.mark.testbed
 
 
 def tb(*args, check=True):
-    return subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True, text=True, check=check)
+    result = subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True, text=True)
+    assert not check or result.returncode == 0, f"testbed {' '.join(args)}: {result.stdout}{result.stderr}"
+    return result
 
 
 @pytest.fixture(scope="module")
