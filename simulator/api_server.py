@@ -46,9 +46,11 @@ class _Handler(httpio.Handler):
             self.send_json(404, {"detail": "Not Found", "simulator": SIMULATOR_ID})
             return
         rid = new_request_id(self.headers.get("X-Request-Id"))
+        self.engine.in_flight(+1)
         try:
             self._complete(path == "/v1/chat/completions", rid)
         finally:
+            self.engine.in_flight(-1)
             self.engine.request_done()
 
     def _complete(self, chat: bool, rid: str):

@@ -49,6 +49,8 @@ class Engine:
         # at once instead, so that /health can say why the engine is not ready (a diagnostic mode).
         self.listen_early = os.environ.get("PDSIM_HEALTH_DURING_STARTUP", "") not in ("", "0")
         self._settled = threading.Event()  # start-up finished, or failed, or a stop was asked for
+        self._in_flight = 0
+        self._in_flight_cv = threading.Condition()
         self._serving = False
         self.token_delay = _env_float("PDSIM_TOKEN_DELAY", 0.01)
         self.kv_lease = _env_float("PDSIM_KV_LEASE", kv_transfer.DEFAULT_LEASE_SECONDS)
@@ -263,6 +265,12 @@ class Engine:
             self.httpd.server_activate()
         self._serving = True
         self.httpd.serve_forever(poll_interval=0.2)
+        # Like uvicorn on SIGTERM: stop accepting, let the requests in flight finish (bounded), exit.
+        self.httpd.socket.close()
+        with self._in_flight_cv:
+            if self._in_flight:
+                log.info(f"waiting for {self._in_flight} request(s) in flight to finish")
+            self._in_flight_cv.wait_for(lambda: self._in_flight == 0, timeout=DRAIN_SECONDS)
         self.httpd.server_close()
         for s in self._sockets_to_close:
             s.close()
@@ -270,6 +278,11 @@ class Engine:
             return 1
         plain("INFO:     Shutting down")
         return 0
+
+    def in_flight(self, delta: int) -> None:
+        with self._in_flight_cv:
+            self._in_flight += delta
+            self._in_flight_cv.notify_all()
 
     # ------------------------------------------------------------------ requests
 
@@ -351,6 +364,9 @@ class Engine:
             log.error(f"PDSIM_FAIL_AFTER_REQUESTS={self.fail_after} reached: simulating an "
                       "engine crash (exiting without shutdown)")
             os._exit(1)
+
+
+DRAIN_SECONDS = 15.0  # within docker stop's grace period (pdstack gives 20 s)
 
 
 def run(cfg: Config) -> int:

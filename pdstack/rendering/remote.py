@@ -53,8 +53,13 @@ def container_id_command(plan: HostPlan) -> str:
     return f"docker inspect -f '{{{{.Id}}}}' {q(plan.container.name)}"
 
 
+STOP_GRACE_SECONDS = 20
+
+
 def remove_container_command(plan: HostPlan) -> str:
-    return f"docker rm -f {q(plan.container.name)} >/dev/null 2>&1; true"
+    # SIGTERM first, so engines finish the requests in flight (a rolling update loses none of those).
+    name = q(plan.container.name)
+    return f"docker stop -t {STOP_GRACE_SECONDS} {name} >/dev/null 2>&1; docker rm -f {name} >/dev/null 2>&1; true"
 
 
 def readiness_script(plan: HostPlan, timeout: int, interval: int, settle: int = 0) -> str:

@@ -52,6 +52,9 @@ def header(title: str, log_dir: str) -> str:
         f"# {title}",
         "# Rendered by pdstack and rewritten by every `pulumi up`: change the stack config, not this file.",
         "[ -f ~/.bashrc ] && . ~/.bashrc",
+        # As the container's PID 1, bash ignores SIGTERM unless it traps it: pass it on to the servers
+        # and wait for them, so `docker stop` lets them finish what is in flight.
+        "trap 'kill -TERM $(jobs -p) 2>/dev/null; wait; exit 143' TERM",
         "unset https_proxy http_proxy proxy",
         f"mkdir -p {q(log_dir)}",
         # The NIC of the default route carries gloo/TP traffic, as in the reference.
@@ -102,7 +105,8 @@ def prefill_worker(*, title: str, log_dir: str, env: list[tuple[str, str]], user
         "ray stop --force >/dev/null 2>&1 || true",
         f"exec {tee(log_dir + '/ray_worker.log')}",
         f"deadline=$((SECONDS + {timeout}))",
-        f"until {args_text}; do",
+        # In the background and waited for, so that the TERM trap runs at once on `docker stop`.
+        f"until {args_text} & wait $!; do",
         '  if [ "$SECONDS" -ge "$deadline" ]; then',
         f'    echo "pdstack: could not join the Ray head at {head} within {timeout} s" >&2; exit 1',
         "  fi",
