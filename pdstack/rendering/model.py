@@ -1,6 +1,7 @@
 """What rendering produces: per host and role, the container, its files and how to tell it is ready."""
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import shlex
 from dataclasses import dataclass, field
@@ -36,6 +37,17 @@ class HealthCheck:
     """An HTTP port on the host that must answer before the host counts as ready."""
     port: int
     path: str | None = "/health"  # None: any HTTP answer will do (the proxy's nginx has no /health)
+
+    def url(self, address: str) -> str:
+        return f"http://{address}:{self.port}{self.path or '/'}"
+
+    @property
+    def good_codes(self) -> str:
+        """The HTTP status codes that count as healthy, as a shell `case` (and fnmatch) pattern."""
+        return "200" if self.path else "[1-5][0-9][0-9]"
+
+    def accepts(self, code: str) -> bool:
+        return fnmatch.fnmatchcase(code, self.good_codes)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,11 @@ def remove_container_command(plan: HostPlan) -> str:
     return f"docker stop -t {STOP_GRACE_SECONDS} {name} >/dev/null 2>&1; docker rm -f {name} >/dev/null 2>&1; true"
 
 
+def http_code(url: str) -> str:
+    """Shell command printing the HTTP status `url` answers with ("000": no answer)."""
+    return f"curl -s -o /dev/null -m 5 -w '%{{http_code}}' {q(url)}"
+
+
 def readiness_script(plan: HostPlan, timeout: int, interval: int, settle: int = 0) -> str:
     """Waits until the container runs and every health port answers; on failure says why, with logs.
     `settle`: seconds to wait once healthy, for a proxy that took the host out of rotation to take it
@@ -70,9 +75,7 @@ def readiness_script(plan: HostPlan, timeout: int, interval: int, settle: int = 
     host = plan.host.name
     checks = []
     for h in plan.health:
-        url = f"http://{plan.host.address}:{h.port}{h.path or '/'}"
-        want = "200" if h.path else "[1-5][0-9][0-9]"
-        checks.append(f"case \"$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' {q(url)})\" in {want}) ;; *) return 1;; esac")
+        checks.append(f"case \"$({http_code(h.url(plan.host.address))})\" in {h.good_codes}) ;; *) return 1;; esac")
     ports = ", ".join(str(h.port) for h in plan.health) or "none (container must keep running)"
     lines = [
         "command -v curl >/dev/null || { echo \"pdstack: curl is needed on host %s for readiness checks\" >&2; exit 1; }" % host,

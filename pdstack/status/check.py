@@ -11,6 +11,7 @@ import binascii
 import shlex
 from dataclasses import dataclass, field
 
+from ..rendering import remote
 from ..rendering.model import HealthCheck
 from ..rendering.plan import Deployment
 
@@ -62,8 +63,7 @@ def probe_script(image: str, expected: list[Expected]) -> str:
         if e.health:
             lines.append('case "$st" in running*) if command -v curl >/dev/null; then')
             for h in e.health:
-                url = f"http://{e.address}:{h.port}{h.path or '/'}"
-                lines.append(f"  code=$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' {q(url)}); "
+                lines.append(f"  code=$({remote.http_code(h.url(e.address))}); "
                              f'echo "health {e.container} {h.port} ${{code:-000}}"')
             lines.append("fi;; esac")
         if e.prefill_servers is not None:
@@ -190,7 +190,7 @@ def compare(expected: list[Expected], facts: HostFacts, image: str) -> list[Row]
                 rows.append(Row(host, e.container, f"health:{h.port}", want, "curl missing on the host", False, None,
                                 hint=f"install curl on {host}"))
                 continue
-            good = code is not None and (code == "200" if h.path else code != "000")
+            good = code is not None and h.accepts(code)
             found = "no answer" if code in (None, "000") else code
             rows.append(Row(host, e.container, f"health:{h.port}", want, found, good, () if good else (ctr,)))
         if e.prefill_servers is not None:
