@@ -42,11 +42,7 @@ if unpinned:
 
 connections = {h.name: connection(h) for h in spec.hosts}
 
-device_hosts: dict = {}
-for plan in deployment.plans():
-    if plan.devices:
-        host, devices = device_hosts.get(plan.host.name, (plan.host, ()))
-        device_hosts[plan.host.name] = (host, tuple(sorted(set(devices) | set(plan.devices))))
+device_hosts = deployment.device_reads()
 devices = DeviceAddresses("devices", DeviceAddressesArgs(hosts=device_hosts, connections=connections))
 addresses = devices.addresses.apply(
     lambda found: {h: {int(d): a for d, a in addrs.items()} for h, addrs in found.items()})

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import profile, topology
-from ..config.model import ClusterSpec, DecodeInstance, PrefillInstance
+from ..config.model import ClusterSpec, DecodeInstance, Host, PrefillInstance
 from . import ranktable, scripts
 from .model import ContainerSpec, FileSpec, HealthCheck, HostPlan, digest
 
@@ -20,6 +20,16 @@ class Deployment:
     def plans(self) -> tuple[HostPlan, ...]:
         out = [p for _, ps in self.prefill for p in ps] + [p for _, ps in self.decode for p in ps]
         return (*out, self.proxy)
+
+    def device_reads(self) -> dict[str, tuple[Host, tuple[int, ...]]]:
+        """Per prefill/decode host, the devices whose addresses must be read: one read per host, over
+        every role it serves."""
+        reads: dict[str, tuple[Host, tuple[int, ...]]] = {}
+        for plan in self.plans():
+            if plan.devices:
+                _, devices = reads.get(plan.host.name, (plan.host, ()))
+                reads[plan.host.name] = (plan.host, tuple(sorted(set(devices) | set(plan.devices))))
+        return reads
 
 
 def container_name(prefix: str, host: str) -> str:
