@@ -4,7 +4,7 @@ PY := .venv/bin/python
 HOSTS ?= 9
 DEVICES ?= 16
 
-.PHONY: setup image testbed-up testbed-down demo test test-unit test-e2e clean
+.PHONY: setup image testbed-up testbed-down demo test test-quick clean
 
 setup:
 	bash scripts/setup.sh
@@ -24,6 +24,10 @@ demo: image
 
 test: setup
 	bash scripts/test.sh
+
+# Everything but the tests marked slow (fault injection, rolling updates): a quicker check while working.
+test-quick: setup
+	bash scripts/test.sh -m 'not slow'
 
 clean: testbed-down
 	rm -rf .pdstack
