@@ -14,7 +14,7 @@ from pdstack import image_resolve, profile, topology
 from pdstack.config.known_hosts import pin_host_keys
 from pdstack.config.parse import ConfigError, check_local_files, parse_cluster
 from pdstack.rendering import ranktable
-from pdstack.rendering.plan import render
+from pdstack.rendering.plan import records_dir, render
 
 
 def load_spec():
@@ -32,7 +32,10 @@ def load_spec():
 spec = load_spec()
 deployment = render(spec)
 
-image, problem = image_resolve.resolve(spec.image)
+try:
+    image, problem = image_resolve.resolve(spec.image)
+except image_resolve.ImageNotInRegistry as err:
+    raise pulumi.RunError(f"invalid stack config:\npdstack:image: {err}") from None
 if problem:
     pulumi.log.warn(f"{problem}; deploying by tag, so a re-pushed tag will not replace containers")
 unpinned = sorted(h.name for h in spec.hosts if not h.ssh.host_key)
@@ -50,7 +53,7 @@ ranktables = addresses.apply(lambda a: ranktable.render_ranktables(spec, a))
 global_file = addresses.apply(lambda a: ranktable.render_global_ranktable(spec, a))
 global_ranktable = GlobalRanktable("global-ranktable", GlobalRanktableArgs(
     hosts={name: host for name, (host, _) in device_hosts.items()}, connections=connections,
-    path=ranktable.global_path(spec), file=global_file))
+    path=ranktable.global_path(spec), records=records_dir(spec), file=global_file))
 shared = dict(image=image, connections=connections, ranktables=ranktables, global_ranktable=global_file,
               global_written=global_ranktable.written, readiness=spec.readiness)
 

@@ -12,6 +12,8 @@ from pdstack.rendering import ranktable
 from pdstack.rendering import remote as cmds
 from pdstack.rendering.model import FileSpec
 
+from .host_container import stack_scoped
+
 
 @dataclass
 class DeviceAddressesArgs:
@@ -26,8 +28,12 @@ class DeviceAddresses(pulumi.ComponentResource):
         super().__init__("pdstack:index:DeviceAddresses", name, None, opts)
         outputs = {}
         for host_name, (host, devices) in sorted(args.hosts.items()):
+            # Named after the machine, not the host's name in the config: what is read is a fact about
+            # the machine, and renaming a host must not read it again (the read's output would be
+            # unknown in the preview, and so would every ranktable, and every container would show as
+            # a possible replacement).
             read = remote.Command(
-                f"{host_name}-device-addresses", connection=args.connections[host_name],
+                f"{host.address}-device-addresses", connection=args.connections[host_name],
                 create=ranktable.read_devices_command(devices),
                 # Read once per host and device list; a new address or device list reads again.
                 triggers=[f"host={host.address}", "devices=" + ",".join(map(str, devices))],
@@ -44,6 +50,7 @@ class GlobalRanktableArgs:
     hosts: dict[str, Host]  # every prefill/decode host
     connections: dict[str, remote.ConnectionArgs]
     path: str  # known before the device addresses, so deletes never wait on them
+    records: str  # where hosts record who wrote the file (see FileOwner)
     file: pulumi.Input[FileSpec]
 
 
@@ -57,10 +64,11 @@ class GlobalRanktable(pulumi.ComponentResource):
         for host_name, host in sorted(args.hosts.items()):
             # Written and removed per host, not per container: a host serving prefill and decode must
             # keep it while either of its containers remains.
+            owner = cmds.FileOwner(args.records, stack_scoped(f"{host_name}-global-ranktable"))
             self.written[host_name] = remote.Command(
                 f"{host_name}-global-ranktable", connection=args.connections[host_name],
-                create="bash -s", stdin=file.apply(lambda f: cmds.write_files_script((f,))),
-                delete=cmds.delete_files_command((args.path,)),
+                create="bash -s", stdin=file.apply(lambda f, o=owner: cmds.write_files_script((f,), o)),
+                delete=cmds.delete_files_command((args.path,), owner),
                 triggers=[f"host={host.address}"], add_previous_output_in_env=False, logging="stderr",
                 # Same path on the same host when replaced with --replace: delete first, as for -files.
                 opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))

@@ -23,6 +23,11 @@ class HostContainerArgs:
     settle_seconds: int = 0  # extra wait after healthy (see readiness_script)
 
 
+def stack_scoped(name: str) -> str:
+    """`name` made unique among every stack that may share these hosts."""
+    return f"{pulumi.get_project()}/{pulumi.get_stack()}/{name}"
+
+
 def triggers(plan: HostPlan, image: str, ranktables_digest: pulumi.Input[str]) -> list:
     """Everything the container depends on, one named entry per part, so a preview diff says why."""
     return ([f"host={plan.host.address}", f"image={image}"] + [f"{k}={v}" for k, v in plan.parts]
@@ -42,10 +47,11 @@ class HostContainer(pulumi.ComponentResource):
         on_host = [f"host={plan.host.address}"]
 
         files = pulumi.Output.from_input(args.ranktables).apply(lambda rts: plan.files + tuple(rts))
+        owner = cmds.FileOwner(plan.records, stack_scoped(f"{name}-files"))
         written = remote.Command(
             f"{name}-files", connection=args.connection,
-            create="bash -s", stdin=files.apply(cmds.write_files_script),
-            delete=cmds.delete_files_command(tuple(f.path for f in plan.files) + plan.ranktable_paths),
+            create="bash -s", stdin=files.apply(lambda fs: cmds.write_files_script(fs, owner)),
+            delete=cmds.delete_files_command(tuple(f.path for f in plan.files) + plan.ranktable_paths, owner),
             triggers=on_host, add_previous_output_in_env=False, logging="stderr",
             # Delete before replace: the old and the new resource write the same paths on the same host
             # (`pulumi up --replace`, as `pdstack status` prints for a changed launch script), and a
@@ -54,7 +60,7 @@ class HostContainer(pulumi.ComponentResource):
 
         image = remote.Command(
             f"{name}-image", connection=args.connection,
-            create=cmds.pull_image_command(args.image),
+            create=cmds.pull_image_command(args.image, plan.host.name),
             triggers=on_host + [f"image={args.image}"], add_previous_output_in_env=False, opts=child)
 
         read = pulumi.Output.all(args.ranktables, args.global_ranktable).apply(
@@ -62,7 +68,7 @@ class HostContainer(pulumi.ComponentResource):
         rt_digest = read.apply(lambda rts: digest("".join(f.path + f.content for f in rts)))
         self.container = remote.Command(
             f"{name}-container", connection=args.connection,
-            create=cmds.run_container_command(plan, args.image),
+            create=cmds.run_container_command(plan, args.image, stack_scoped(plan.role)),
             # Only a change of `triggers` may restart the container; anything else (a rotated SSH key,
             # say) updates in place, and the update must not touch it.
             update=cmds.container_id_command(plan),

@@ -27,8 +27,9 @@ class ContainerSpec:
     run_args: tuple[str, ...]  # `docker run` options, between `run` and the image
     command: tuple[str, ...]  # after the image
 
-    def docker_run(self, image: str) -> str:
-        words = ["docker", "run", "-d", "--name", self.name, *self.run_args, image, *self.command]
+    def docker_run(self, image: str, labels: tuple[tuple[str, str], ...] = ()) -> str:
+        extra = [w for k, v in labels for w in ("--label", f"{k}={v}")]
+        words = ["docker", "run", "-d", "--name", self.name, *self.run_args, *extra, image, *self.command]
         return " ".join(shlex.quote(w) for w in words)
 
 
@@ -63,6 +64,7 @@ class HostPlan:
     devices: tuple[int, ...]  # devices whose addresses are read on this host (empty for the proxy)
     health: tuple[HealthCheck, ...]
     log_dir: str
+    records: str  # where the host records who wrote which file (see remote.FileOwner)
     # Named parts of what the container depends on. A change of any part replaces the container,
     # and the part's name is what `pulumi preview --diff` shows as the reason.
     parts: tuple[tuple[str, str], ...] = field(default=())

@@ -42,6 +42,11 @@ def log_dir(spec: ClusterSpec, name: str) -> str:
     return f"{spec.paths.logs}/{name}"
 
 
+def records_dir(spec: ClusterSpec) -> str:
+    # Under a configured path, so it is writable wherever the scripts are (a non-root docker user).
+    return f"{spec.paths.scripts}/.pdstack-owners"
+
+
 def script_path(spec: ClusterSpec, name: str) -> str:
     return f"{spec.paths.scripts}/{name}.sh"
 
@@ -214,7 +219,7 @@ def _plan(spec: ClusterSpec, *, key, role, instance, host, cname, script, device
     ctr = container(spec, cname, path, extra_env)
     return HostPlan(key=key, role=role, instance=instance, host=host, container=ctr,
                     files=(FileSpec(path, script.text, 0o750),), ranktable_paths=ranktables, devices=devices,
-                    health=health, log_dir=logs, parts=_parts(ctr, script))
+                    health=health, log_dir=logs, records=records_dir(spec), parts=_parts(ctr, script))
 
 
 def _proxy(spec: ClusterSpec, prefill_servers, decode_servers) -> HostPlan:

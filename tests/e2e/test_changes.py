@@ -11,7 +11,7 @@ import pytest
 from . import stacks
 from .conftest import ROOT, ssh
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 HOSTS = [f"host{i}" for i in range(1, 8)]
 
@@ -124,6 +124,52 @@ def test_7_edits_that_change_no_rendered_value_replace_nothing(deployed):
         c["pdstack:prefill"][0]["devices"] = [0, 1, 2, 3]
         c["pdstack:decode"][1]["devices"] = "0,1,2,3"
     changes_only(deployed, mutate, {})
+
+
+def renamed(config: dict, old: str, new: str) -> dict:
+    config = copy.deepcopy(config)
+    config["pdstack:hosts"] = {new if k == old else k: v for k, v in config["pdstack:hosts"].items()}
+    for inst in config["pdstack:prefill"] + config["pdstack:decode"]:
+        inst["hosts"] = [new if h == old else h for h in inst["hosts"]]
+    if config["pdstack:proxy"]["host"] == old:
+        config["pdstack:proxy"]["host"] = new
+    return config
+
+
+def test_7_renaming_a_host_in_place_replaces_only_its_container(deployed):
+    """The renamed host's resources are new (their names carry the host name), so Pulumi creates them
+    before it deletes the old ones, on the same machine: the new container must take over the old
+    one's ports, and deleting the old resources must not remove the ranktables the new ones wrote."""
+    pulumi, state, testbed_hosts = deployed
+    machine = testbed_hosts["host6"]
+    for old, new in (("host6", "node6"), ("node6", "host6")):
+        config = renamed(state["config"], old, new)
+        path = stacks.write(state["tmp"] / "current.yaml", config)
+        before = containers(testbed_hosts)
+        steps = json.loads(pulumi("preview", "--json", "--config-file", path).stdout).get("steps", [])
+        ops = {}
+        for step in steps:
+            if step["op"] != "same" and step["urn"].split("::")[2].endswith("command:remote:Command"):
+                ops.setdefault(step["op"], set()).add(step["urn"].split("::")[-1])
+        # The device read is named after the machine (its address), so it stays.
+        per_host = {f"{new}-global-ranktable",
+                    *(f"decode-b-{new}-{part}" for part in ("files", "image", "container", "ready"))}
+        assert ops == {"create": per_host, "delete": {n.replace(new, old) for n in per_host}}, ops
+
+        pulumi("up", "--yes", "--skip-preview", "--config-file", path, timeout=900)
+        after = containers(testbed_hosts)
+        changed = {c for c in before.keys() | after.keys() if before.get(c) != after.get(c)}
+        assert changed == {f"you_name_omni_infer_decode_{old}", f"you_name_omni_infer_decode_{new}"}, changed
+        assert containers_on(testbed_hosts, "host6") == [f"you_name_omni_infer_decode_{new}"]
+        files = set(ssh(machine, "find /tmp/scripts_path /tmp/ranktable_save_path -type f").stdout.split())
+        assert f"/tmp/scripts_path/you_name_omni_infer_decode_{new}.sh" in files
+        assert f"/tmp/scripts_path/you_name_omni_infer_decode_{old}.sh" not in files
+        assert "/tmp/ranktable_save_path/global/global_ranktable_merge.json" in files
+        assert any("/decode_config/local_ranktable_10.77.0.16_" in f for f in files), files
+        state["config"] = config
+        assert complete(pulumi)["choices"][0]["text"]
+        again = pulumi("preview", "--diff", "--config-file", path).stdout
+        assert not any(w in again for w in ("to create", "to update", "to replace", "to delete")), again
 
 
 def started_at(testbed_hosts, host: str, container: str) -> str:

@@ -8,6 +8,7 @@ wrapped. The tests then assert on that plain data, so no assertion can be skippe
 from __future__ import annotations
 
 import logging
+import copy
 import re
 import runpy
 import socket
@@ -83,14 +84,17 @@ class Mocks(mocks.Mocks):
     def __init__(self, failing_host: str | None = None):
         self.failing_host = failing_host
         self.device_ips: dict[str, dict[int, str]] = {}
+        self.names: dict[str, str] = {}  # address -> host name (device reads are named by address)
 
     def new_resource(self, args: mocks.MockResourceArgs):
         state = dict(args.inputs)
         if args.typ == COMMAND:
-            host = args.name.removesuffix("-device-addresses")
-            if host != args.name:
+            if args.name.endswith("-device-addresses"):
+                host = self.names[args.name.removesuffix("-device-addresses")]
                 devices = [int(d) for d in re.search(r"for d in ([0-9 ]+);", args.inputs["create"]).group(1).split()]
-                ips = self.device_ips[host] = {d: f"10.78.{len(self.device_ips) + 1}.{d}" for d in devices}
+                # From the machine's address, so a host's device addresses do not depend on read order.
+                octets = args.name.removesuffix("-device-addresses").split(".")
+                ips = self.device_ips[host] = {d: f"10.{octets[2]}.{octets[3]}.{d}" for d in devices}
                 lines = [f"{d} ipaddr:{ip}" for d, ip in ips.items()]
                 if host == self.failing_host:
                     lines[3] = "3 Error: get ip address failed"
@@ -128,6 +132,7 @@ def no_network():
 
 def run_program(raw: dict[str, Any], m: Mocks | None = None) -> Graph:
     m = m or Mocks()
+    m.names = {h["address"]: name for name, h in raw["pdstack:hosts"].items()}
     monitor = RecordingMonitor(m)
     pulumi.runtime.set_mocks(m, project="pdstack", stack="unit", preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(as_pulumi_config(raw))
@@ -178,10 +183,28 @@ def test_component_type_tokens(graph):
 
 
 def test_command_names_derive_from_hosts_and_instances(graph):
-    expected = {f"{h}-{step}" for h in ENGINE_HOSTS for step in ("device-addresses", "global-ranktable")}
+    expected = {f"{REFERENCE_ADDRESSES[h]}-device-addresses" for h in ENGINE_HOSTS}
+    expected |= {f"{h}-global-ranktable" for h in ENGINE_HOSTS}
     expected |= {f"{key}-{step}" for key in PREFILL_KEYS + DECODE_KEYS + [PROXY_KEY]
                  for step in ("files", "image", "container", "ready")}
     assert {r.name for r in graph.commands()} == expected
+
+
+def test_renaming_a_host_renames_only_its_own_resources_and_changes_no_other_input():
+    """A renamed host keeps its machine's device read (known in the preview, so no ranktable becomes
+    unknown); its role's resources and its global ranktable writer are renamed; nothing else changes."""
+    raw = reference_2p1d(ssh={"privateKey": PEM})
+    renamed = copy.deepcopy(raw)
+    renamed["pdstack:hosts"] = {("dx" if k == "d0" else k): v for k, v in raw["pdstack:hosts"].items()}
+    for inst in renamed["pdstack:decode"]:
+        inst["hosts"] = ["dx" if h == "d0" else h for h in inst["hosts"]]
+    first, second = run_program(raw), run_program(renamed)
+    before = {r.name for r in first.commands()}
+    after = {r.name for r in second.commands()}
+    assert before - after == {"d0-global-ranktable"} | {f"decode-0-d0-{s}" for s in ("files", "image", "container", "ready")}
+    assert after - before == {"dx-global-ranktable"} | {f"decode-0-dx-{s}" for s in ("files", "image", "container", "ready")}
+    for name in before & after:
+        assert first.resources[name].inputs == second.resources[name].inputs, name
 
 
 def two_p_one_d_reordered() -> dict[str, Any]:
@@ -193,11 +216,12 @@ def two_p_one_d_reordered() -> dict[str, Any]:
 
 
 def test_names_do_not_depend_on_list_positions():
-    first = run_program(reference_2p1d(ssh={"privateKey": PEM}))
+    raw = reference_2p1d(ssh={"privateKey": PEM})
+    first = run_program(raw)
     second = run_program(two_p_one_d_reordered())
     assert first.resources.keys() - {"pdstack-unit"} == second.resources.keys() - {"pdstack-unit"}  # minus the stack
     assert {"prefill-0-p0-container", "prefill-1-p1-container", "decode-0-d1-container", "proxy-p0-container",
-            "p1-device-addresses"} <= first.resources.keys()
+            f"{raw['pdstack:hosts']['p1']['address']}-device-addresses"} <= first.resources.keys()
     # A name stays with its host: the same container on the same address.
     for r in first.commands():
         other = second.resources[r.name]
@@ -314,14 +338,17 @@ def test_private_keys_only_travel_inside_secrets(graph):
     for r in graph.commands():
         connection = r.inputs["connection"]
         assert set(connection) == {SECRET_SIG, "value"}, r.name
-        host = re.fullmatch(r"(?:.+-)?([a-z0-9]+)-(?:device-addresses|global-ranktable|files|image|container|ready)", r.name).group(1)
+        if r.name.endswith("-device-addresses"):
+            host = graph.mocks.names[r.name.removesuffix("-device-addresses")]
+        else:
+            host = re.fullmatch(r"(?:.+-)?([a-z0-9]+)-(?:global-ranktable|files|image|container|ready)", r.name).group(1)
         assert connection["value"]["host"] == REFERENCE_ADDRESSES[host], r.name
         assert connection["value"]["privateKey"] == (FILE_KEY if host == "d3" else PEM), r.name
 
 
 def test_device_addresses_are_read_once_per_host(graph):
     for host in ENGINE_HOSTS:
-        r = graph.resources[f"{host}-device-addresses"]
+        r = graph.resources[f"{REFERENCE_ADDRESSES[host]}-device-addresses"]
         assert r.inputs["triggers"] == [f"host={REFERENCE_ADDRESSES[host]}", "devices=" + ",".join(map(str, range(16)))]
     assert set(graph.mocks.device_ips) == set(ENGINE_HOSTS)  # and never for the proxy's host
 
@@ -333,17 +360,27 @@ def test_hosts_get_their_launch_script_and_the_ranktables_of_the_addresses_read(
         files = graph.resources[f"{plan.key}-files"].inputs
         own = tuple(f for f in ranktables.get(plan.host.name, ()) if f.path in plan.ranktable_paths)
         expected = plan.files + own
-        assert files["stdin"] == remote.write_files_script(expected), plan.key
+        owner = remote.FileOwner(plan.records, f"pdstack/unit/{plan.key}-files")
+        assert files["stdin"] == remote.write_files_script(expected, owner), plan.key
         assert files["create"] == "bash -s"
-        assert files["delete"] == remote.delete_files_command(tuple(f.path for f in plan.files) + plan.ranktable_paths)
+        assert files["delete"] == remote.delete_files_command(tuple(f.path for f in plan.files) + plan.ranktable_paths,
+                                                              owner)
+
+
+def test_containers_carry_their_stack_and_role_slot(graph, reference_raw):
+    for plan in render(spec_of(reference_raw)).plans():
+        create = graph.resources[f"{plan.key}-container"].inputs["create"]
+        assert create == remote.run_container_command(plan, IMAGE, f"pdstack/unit/{plan.role}"), plan.key
 
 
 def test_a_host_in_both_roles_reads_all_its_devices_once():
-    graph = run_program(shared_host(ssh={"privateKey": PEM}))
+    raw = shared_host(ssh={"privateKey": PEM})
+    graph = run_program(raw)
+    n0, n1 = (f"{raw['pdstack:hosts'][h]['address']}-device-addresses" for h in ("n0", "n1"))
     reads = [r for r in graph.commands() if r.name.endswith("-device-addresses")]
-    assert sorted(r.name for r in reads) == ["n0-device-addresses", "n1-device-addresses"]
-    assert graph.resources["n0-device-addresses"].inputs["triggers"][1] == "devices=" + ",".join(map(str, range(16)))
-    assert graph.resources["n1-device-addresses"].inputs["triggers"][1] == "devices=" + ",".join(map(str, range(8, 16)))
+    assert sorted(r.name for r in reads) == sorted([n0, n1])
+    assert graph.resources[n0].inputs["triggers"][1] == "devices=" + ",".join(map(str, range(16)))
+    assert graph.resources[n1].inputs["triggers"][1] == "devices=" + ",".join(map(str, range(8, 16)))
     assert {"prefill-0-n0-container", "decode-0-n0-container", "proxy-n1-container"} <= graph.resources.keys()
 
 

@@ -650,7 +650,7 @@ def test_write_files_script_writes_rendered_files_byte_for_byte(tmp_path, ref_sp
                       "  indented first line\nquotes ' \" and $HOME `date` $(whoami) \\ backslash\n\ttab\n"
                       "PDSTACK_EOF_1\nEOF\nunicode: ✓\n\n  blank line above, spaces after   \n", 0o600)
     files = rebased((*rendered, tricky), tmp_path)
-    script = remote.write_files_script(files)
+    script = remote.write_files_script(files, remote.FileOwner(str(tmp_path / "records"), "p/s/x-files"))
     for _ in range(2):  # idempotent: a second run rewrites the same files
         result = run_bash(script)
         assert result.returncode == 0, result.stderr
@@ -662,7 +662,7 @@ def test_write_files_script_writes_rendered_files_byte_for_byte(tmp_path, ref_sp
 
 def test_write_files_script_refuses_content_holding_its_marker():
     with pytest.raises(ValueError, match="PDSTACK_EOF_0"):
-        remote.write_files_script((FileSpec("/x", "a\nPDSTACK_EOF_0\nb\n"),))
+        remote.write_files_script((FileSpec("/x", "a\nPDSTACK_EOF_0\nb\n"),), remote.FileOwner("/r", "o"))
 
 
 def test_delete_files_command_removes_only_those_files(tmp_path):
@@ -672,7 +672,8 @@ def test_delete_files_command_removes_only_those_files(tmp_path):
     for path in gone + kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x\n")
-    command = remote.delete_files_command(tuple(str(p) for p in gone) + (str(root / "never-written"),))
+    owner = remote.FileOwner(str(root / "records"), "p/s/x-files")
+    command = remote.delete_files_command(tuple(str(p) for p in gone) + (str(root / "never-written"),), owner)
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert not any(p.exists() for p in gone)
@@ -680,6 +681,49 @@ def test_delete_files_command_removes_only_those_files(tmp_path):
     # Directories left empty are removed; the others stay.
     assert not (root / "a").exists() and not (root / "c").exists() and not (root / "e e").exists()
     assert (root / "b").is_dir()
+
+
+def run_ok(script: str) -> None:
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_file_is_deleted_only_by_its_last_writer(tmp_path):
+    """A host renamed in place: the new resource writes the same ranktable path before the old
+    resource is deleted; the old delete must leave the new file alone."""
+    records = str(tmp_path / "records")
+    shared, old_only = tmp_path / "rt" / "local_ranktable.json", tmp_path / "scripts" / "old_host.sh"
+    old, new = remote.FileOwner(records, "p/s/d0-old-files"), remote.FileOwner(records, "p/s/d0-new-files")
+    run_ok(remote.write_files_script((FileSpec(str(shared), "old\n"), FileSpec(str(old_only), "x\n")), old))
+    run_ok(remote.write_files_script((FileSpec(str(shared), "new\n"),), new))
+    run_ok(remote.delete_files_command((str(shared), str(old_only)), old))
+    assert shared.read_text() == "new\n"
+    assert not old_only.exists() and not old_only.parent.exists()
+    run_ok(remote.delete_files_command((str(shared),), new))
+    assert not shared.exists() and not (tmp_path / "rt").exists()
+    assert not (tmp_path / "records").exists()  # nothing recorded any more: the record directory goes too
+
+
+def test_a_rewrite_removes_the_files_at_paths_it_no_longer_writes(tmp_path):
+    """A new device list renames a container's local ranktable: the old file must not stay behind."""
+    owner = remote.FileOwner(str(tmp_path / "records"), "p/s/d0-h5-files")
+    before = tmp_path / "rt" / "local_ranktable_10.0.0.5_0123.json"
+    after = tmp_path / "rt" / "local_ranktable_10.0.0.5_01.json"
+    script = tmp_path / "scripts" / "d0.sh"
+    run_ok(remote.write_files_script((FileSpec(str(script), "a\n"), FileSpec(str(before), "b\n")), owner))
+    run_ok(remote.write_files_script((FileSpec(str(script), "a2\n"), FileSpec(str(after), "c\n")), owner))
+    assert not before.exists()
+    assert after.read_text() == "c\n" and script.read_text() == "a2\n"
+
+
+def test_a_rewrite_leaves_a_dropped_path_that_another_writer_took_over(tmp_path):
+    records = str(tmp_path / "records")
+    mine, theirs = remote.FileOwner(records, "p/s/a-files"), remote.FileOwner(records, "p/s/b-files")
+    path = tmp_path / "rt" / "global.json"
+    run_ok(remote.write_files_script((FileSpec(str(path), "a\n"),), mine))
+    run_ok(remote.write_files_script((FileSpec(str(path), "b\n"),), theirs))
+    run_ok(remote.write_files_script((), mine))
+    assert path.read_text() == "b\n"
 
 
 def all_plans() -> list[HostPlan]:
@@ -691,10 +735,11 @@ def test_rendered_shell_is_valid_bash(tmp_path):
     for plan in all_plans():
         scripts[f"{plan.key}.launch"] = script_of(plan)
         scripts[f"{plan.key}.readiness"] = remote.readiness_script(plan, 900, 2)
-        scripts[f"{plan.key}.run"] = remote.run_container_command(plan, IMAGE)
+        scripts[f"{plan.key}.run"] = remote.run_container_command(plan, IMAGE, "p/s/decode")
         scripts[f"{plan.key}.delete"] = remote.delete_files_command(
-            tuple(f.path for f in plan.files) + plan.ranktable_paths)
-    scripts["write"] = remote.write_files_script(tuple(f for p in all_plans() for f in p.files))
+            tuple(f.path for f in plan.files) + plan.ranktable_paths, remote.FileOwner(plan.records, "p/s/x"))
+    scripts["write"] = remote.write_files_script(tuple(f for p in all_plans() for f in p.files),
+                                                 remote.FileOwner("/r", "p/s/x"))
     for name, text in scripts.items():
         path = tmp_path / name
         path.write_text(text)
@@ -702,13 +747,37 @@ def test_rendered_shell_is_valid_bash(tmp_path):
         assert result.returncode == 0, f"{name}: {result.stderr}"
 
 
-def test_run_container_command_runs_the_rendered_docker_run(ref):
+RECORDING_DOCKER = """#!/bin/bash
+echo "$*" >> "$DOCKER_LOG"
+case "$1" in
+  ps) printf '%s\\n' $FAKE_SLOT_NAMES ;;
+  inspect) echo sha256:new ;;
+esac
+"""
+
+
+def test_run_container_command_replaces_other_containers_of_its_slot_then_runs_the_rendered_docker_run(ref, tmp_path):
+    """A renamed host's new container starts while the old one (another name, same ports) still runs:
+    the create stops and removes it first, and leaves the container of its own name to `rm -f`."""
     plan = plan_of(ref, "decode-0-d1")
-    steps = remote.run_container_command(plan, IMAGE).split("; ", 1)
-    assert shlex.split(steps[0])[:4] == ["docker", "rm", "-f", plan.container.name]
-    run = shell_words(steps[1])
-    run = run[:run.index(">")]
-    assert run == shlex.split(plan.container.docker_run(IMAGE))
+    (tmp_path / "docker").write_text(RECORDING_DOCKER)
+    (tmp_path / "docker").chmod(0o755)
+    log = tmp_path / "calls"
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", DOCKER_LOG=str(log),
+               FAKE_SLOT_NAMES=f"omni_decode_d1-old {plan.container.name}")
+    result = subprocess.run(["bash", "-c", remote.run_container_command(plan, IMAGE, "p/s/decode")],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and result.stdout == "sha256:new\n", result.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "version"  # docker answers: else the command fails naming the host
+    calls = calls[1:]
+    assert calls[0] == "ps -a --filter label=io.pdstack.slot=p/s/decode --format {{.Names}}"
+    assert calls[1:4] == [f"stop -t {remote.STOP_GRACE_SECONDS} omni_decode_d1-old", "rm -f omni_decode_d1-old",
+                          f"rm -f {plan.container.name}"]
+    run = shlex.split(plan.container.docker_run(IMAGE, ((remote.SLOT_LABEL, "p/s/decode"),)))
+    assert run[run.index(IMAGE) - 2:run.index(IMAGE)] == ["--label", "io.pdstack.slot=p/s/decode"]
+    assert calls[4] == " ".join(run[1:])
+    assert calls[5] == f"inspect -f {{{{.Id}}}} {plan.container.name}"
 
 
 FAKE_DOCKER = """#!/bin/bash
@@ -737,3 +806,14 @@ def test_readiness_script(tmp_path, ref, key, state, http, ok, message):
     assert message in (result.stdout if ok else result.stderr)
     if not ok:
         assert "the engine's last log line" in result.stderr
+
+
+def test_pulling_on_a_host_whose_docker_is_down_names_the_host_and_dockers_own_words(tmp_path):
+    (tmp_path / "docker").write_text("#!/bin/bash\necho 'Cannot connect to the Docker daemon at "
+                                     "unix:///run/docker.sock. Is the docker daemon running?' >&2\nexit 1\n")
+    (tmp_path / "docker").chmod(0o755)
+    result = subprocess.run(["bash", "-c", remote.pull_image_command(IMAGE, "host5")], capture_output=True, text=True,
+                            env=dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}"))
+    assert result.returncode == 1
+    assert result.stderr == ("pdstack: host host5: cannot use docker: Cannot connect to the Docker daemon at "
+                             "unix:///run/docker.sock. Is the docker daemon running?\n")
