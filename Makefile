@@ -4,7 +4,7 @@ PY := .venv/bin/python
 HOSTS ?= 9
 DEVICES ?= 16
 
-.PHONY: setup image testbed-up testbed-down demo test test-quick clean
+.PHONY: setup image testbed-up testbed-down demo test test-quick clean bench
 
 setup:
 	bash scripts/setup.sh
@@ -31,3 +31,8 @@ test-quick: setup
 
 clean: testbed-down
 	rm -rf .pdstack
+
+# Deploy and update cost against the critical path and Ansible at 9, 17 and 33 hosts (bench/bench.sh:
+# takes the testbed lock, brings its own testbed up and down; writes bench/results/).
+bench: setup
+	bash bench/bench.sh

@@ -1,0 +1,143 @@
+"""Tables (bench/results/<date>-<hosts>.md) and the plot (<date>-walltime.png) from bench.run's JSON.
+
+Runs in the bench venv (matplotlib); imports nothing of pdstack."""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+METHODS = [
+    ("critical", "critical path: parallel SSH, all hosts at once (the floor)"),
+    ("critical-ordered", "critical path in pdstack's order (decode instances one after another, proxy fail timeout waited)"),
+    ("pdstack-cold", "pdstack cold `up` from an empty stack"),
+    ("ansible-reference", "Ansible (a): the reference's structure (forks 5, facts, 20 s pause)"),
+    ("ansible-fast", "Ansible (b): best case (forks = hosts, pipelining, no pauses, no facts)"),
+    ("pdstack-noop-preview", "pdstack no-op `preview`"),
+    ("pdstack-noop-up", "pdstack no-op `up --skip-preview`"),
+    ("critical-one-host", "one-host change: critical path of that host alone"),
+    ("pdstack-one-host", "one-host change: pdstack `up --skip-preview`"),
+    ("ansible-reference-one-host", "one-host change: Ansible (a) (redoes everything)"),
+]
+RATIO_TO = {"critical-ordered": "critical", "pdstack-cold": "critical", "ansible-reference": "critical",
+            "ansible-fast": "critical", "pdstack-one-host": "critical-one-host",
+            "ansible-reference-one-host": "critical-one-host"}
+
+
+def med(values):
+    return statistics.median(values) if values else None
+
+
+def fmt_range(values, unit="s", scale=1.0, digits=1):
+    if not values:
+        return "–"
+    v = [x * scale for x in values]
+    return f"{statistics.median(v):.{digits}f} {unit} ({min(v):.{digits}f}–{max(v):.{digits}f})"
+
+
+def machine() -> str:
+    mem = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem = int(line.split()[1]) / 1024 / 1024
+    import os
+    return f"{os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}, shared"
+
+
+def table(d: dict) -> str:
+    runs = d["runs"]
+    walls = {m: [r["wall"] for r in rs] for m, rs in runs.items()}
+    lines = [f"# Benchmark: {d['hosts']} hosts ({time.strftime('%Y-%m-%d')})", "",
+             f"- machine: {machine()}",
+             f"- layout: {d['layout']}",
+             f"- pulumi `--parallel {d['parallel']}` (4 × hosts); {d['reps']} repetitions each; "
+             f"median (min–max); one-host change: decode-1's `engine.maxNumSeqs` on {d['change_host']}",
+             "- ssh: logins the hosts' sshds accepted during the run (one per TCP connection); "
+             "peak RSS: the Pulumi CLI and all its children (language host, program, provider), sampled every 0.2 s",
+             "",
+             "| method | wall time | ratio | ssh connections | peak RSS |",
+             "| --- | --- | --- | --- | --- |"]
+    for m, title in METHODS:
+        if m not in runs:
+            continue
+        ratio = "–"
+        base = RATIO_TO.get(m)
+        if base and walls.get(base):
+            ratio = f"{med(walls[m]) / med(walls[base]):.2f} × {base}"
+        sshs = [r["ssh"] for r in runs[m] if "ssh" in r]
+        rss = [r["peak_rss"] for r in runs[m] if r.get("peak_rss")]
+        lines.append(f"| {title} | {fmt_range(walls[m])} | {ratio} | {med(sshs) if sshs else '–'} | "
+                     f"{fmt_range(rss, 'MiB', 1 / 2**20, 0) if rss else '–'} |")
+    lines += ["", "Where the time goes (median seconds from the start until the last host finished each step):", ""]
+    for m in ("critical", "critical-ordered", "pdstack-cold", "critical-one-host", "pdstack-one-host"):  # cumulative
+        phases = [r.get("phases") for r in runs.get(m, []) if r.get("phases")]
+        if not phases:
+            continue
+        keys = list(phases[0])
+        parts = []
+        for k in keys:
+            vals = [p[k] for p in phases if p.get(k) is not None]
+            if vals:
+                parts.append(f"{k} {statistics.median(vals):.1f}")
+        lines.append(f"- {m}: " + ", ".join(parts))
+    for m in ("ansible-fast", "ansible-reference", "ansible-reference-one-host"):
+        phases = [r.get("phases") for r in runs.get(m, []) if r.get("phases")]
+        if phases:
+            tasks = {k: statistics.median([p.get(k, 0) for p in phases]) for k in phases[0]}
+            top = sorted(tasks.items(), key=lambda kv: -kv[1])[:6]
+            lines.append(f"- {m}, slowest tasks (median s): " + "; ".join(f"{k} {v:.1f}" for k, v in top))
+    rss_by = [r.get("peak_rss_by") for r in runs.get("pdstack-cold", []) if r.get("peak_rss_by")]
+    if rss_by:
+        last = rss_by[-1]
+        lines.append("- peak RSS of a cold `up` by process: " + ", ".join(
+            f"{k} {v / 2**20:.0f} MiB" for k, v in sorted(last.items(), key=lambda kv: -kv[1])))
+    summary = [r.get("summary") for r in runs.get("pdstack-one-host", []) if r.get("summary")]
+    if summary:
+        lines.append("- one-host change, what `up` did: " + " ".join(s.strip() for s in summary[-1]))
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for m, title in METHODS:
+        xs, ys, lo, hi = [], [], [], []
+        for d in data:
+            w = [r["wall"] for r in d["runs"].get(m, [])]
+            if w:
+                xs.append(d["hosts"])
+                ys.append(statistics.median(w))
+                lo.append(ys[-1] - min(w))
+                hi.append(max(w) - ys[-1])
+        if xs:
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=title.split(":")[0] if m.startswith("ansible") and "one-host" not in m else title)
+    ax.set_xlabel("hosts")
+    ax.set_ylabel("wall time, s (median, min–max)")
+    ax.set_xticks(sorted({d["hosts"] for d in data}))
+    ax.set_title("pdstack vs. critical path vs. Ansible (simulated cluster, 2 devices/host)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(raw: Path, out: Path) -> None:
+    data = sorted((json.loads(p.read_text()) for p in raw.glob("*.json")), key=lambda d: d["hosts"])
+    date = raw.name
+    out.mkdir(parents=True, exist_ok=True)
+    for d in data:
+        text = table(d)
+        (out / f"{date}-{d['hosts']}.md").write_text(text)
+        print(text)
+    if data:
+        plot(data, out / f"{date}-walltime.png")
+        print(f"plot: {out / f'{date}-walltime.png'}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
