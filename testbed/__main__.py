@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     p_exec = sub.add_parser("exec", help="run a command inside a host's namespaces (as its sshd would)")
     p_exec.add_argument("host")
     p_exec.add_argument("command", nargs=argparse.REMAINDER)
+    p_stop = sub.add_parser("stop", help="stop a host's sshd or dockerd, to try failures; `start` undoes it")
+    p_stop.add_argument("host")
+    p_stop.add_argument("service", choices=["sshd", "dockerd"])
+    p_start = sub.add_parser("start", help="restart a host's stopped sshd and dockerd")
+    p_start.add_argument("host")
     sub.add_parser("leftovers", help="list anything of the testbed still on the machine (exit 1 if any)")
     args = parser.parse_args(argv)
 
@@ -82,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             index = int(args.host.removeprefix("host")) if args.host.removeprefix("host").isdigit() else 0
             command = args.command[1:] if args.command[:1] == ["--"] else args.command
             os.execvp("nsenter", hostmod.enter(host(index)) + (command or ["bash"]))
+        elif args.cmd == "stop":
+            cluster.stop_service(args.host, args.service)
+            print(f"testbed: {args.service} of {args.host} stopped ('python -m testbed start {args.host}' restarts it)")
+        elif args.cmd == "start":
+            cluster.start_host(args.host)
+            print(f"testbed: {args.host} is up")
         elif args.cmd == "leftovers":
             rest = cluster.leftovers()
             print("\n".join(rest) if rest else "nothing left")

@@ -72,6 +72,28 @@ def up(count: int, devices: int) -> list[HostLayout]:
     return wanted
 
 
+def _member(name: str) -> HostLayout:
+    state = load_state()
+    for h in hosts_in(state):
+        if h.name == name:
+            return h
+    raise TestbedError(f"{name} is not a testbed host (hosts: {', '.join(h.name for h in hosts_in(state)) or 'none'})")
+
+
+def stop_service(name: str, service: str) -> None:
+    """A broken host on purpose: its sshd (unreachable) or its dockerd (docker down) stops."""
+    h = _member(name)
+    stop_pid(read_pid({"sshd": h.sshd_pid, "dockerd": h.dockerd_pid}[service]))
+
+
+def start_host(name: str) -> None:
+    """Restarts whatever of a host's sshd and dockerd is not running."""
+    h = _member(name)
+    hostmod.ensure_sshd(h)
+    hostmod.ensure_dockerd(h)
+    hostmod.wait_ready(h)
+
+
 def _bring_up(h: HostLayout) -> None:
     hostmod.ensure_network(h)
     hostmod.ensure_namespaces(h)

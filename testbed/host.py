@@ -81,6 +81,8 @@ def sshd_config(host: HostLayout) -> str:
         "MaxStartups 200:30:400",
         "MaxSessions 100",
         "PrintMotd no",
+        # Every connection is logged ("Connection from ..."), so tests can tell that none was made.
+        "LogLevel VERBOSE",
         "Subsystem sftp /usr/lib/openssh/sftp-server",
         "",
     ])
