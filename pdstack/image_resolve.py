@@ -18,6 +18,10 @@ _ACCEPT = ", ".join([
 ])
 
 
+class ImageNotInRegistry(Exception):
+    """The registry answered, and it does not have this tag: every host's pull would fail the same way."""
+
+
 def resolve(ref: str, timeout: float = 5.0) -> tuple[str, str | None]:
     """(reference to deploy, problem). Digest-pinned when the registry answered, else `ref` and why not."""
     registry, repository, tag, digest = split(ref)
@@ -27,6 +31,7 @@ def resolve(ref: str, timeout: float = 5.0) -> tuple[str, str | None]:
         return ref, "images from Docker Hub are deployed by tag (no digest lookup)"
     tag = tag or "latest"
     problems = []
+    missing = False
     session = requests.Session()
     session.trust_env = False  # registries are reached directly, never through a proxy
     for scheme in ("https", "http"):
@@ -40,4 +45,8 @@ def resolve(ref: str, timeout: float = 5.0) -> tuple[str, str | None]:
         if resp.status_code == 200 and served:
             return f"{registry}/{repository}@{served}", None
         problems.append(f"{scheme}: HTTP {resp.status_code}")
+        missing |= resp.status_code == 404
+    if missing:
+        raise ImageNotInRegistry(f"{registry} has no {repository}:{tag} (HTTP 404): push the image, or fix the "
+                                 "tag in pdstack:image")
     return ref, f"could not ask {registry} for the digest of {ref} ({'; '.join(problems)})"

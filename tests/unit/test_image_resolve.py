@@ -4,7 +4,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pdstack.image_resolve import resolve
+from pdstack.image_resolve import ImageNotInRegistry, resolve
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -34,10 +34,11 @@ def test_a_tag_is_pinned_to_the_digest_the_registry_serves(registry):
     assert resolve(f"{registry}/pdstack/simulator:0.1.0") == (f"{registry}/pdstack/simulator@{DIGEST}", None)
 
 
-def test_an_unknown_tag_keeps_the_tag_and_says_why(registry):
-    ref, problem = resolve(f"{registry}/pdstack/simulator:nope")
-    assert ref == f"{registry}/pdstack/simulator:nope"
-    assert "HTTP 404" in problem and registry in problem
+def test_a_tag_the_registry_does_not_have_is_an_error_before_any_host_pulls(registry):
+    with pytest.raises(ImageNotInRegistry) as err:
+        resolve(f"{registry}/pdstack/simulator:nope")
+    assert str(err.value) == (f"{registry} has no pdstack/simulator:nope (HTTP 404): push the image, or fix the tag "
+                              "in pdstack:image")
 
 
 def test_an_unreachable_registry_keeps_the_tag(registry):
