@@ -63,8 +63,8 @@ decode: list[DecodeGroup] = []
 # next instance never goes down while the proxy still avoids this one.
 settle = profile.PROXY_FAIL_TIMEOUT_SECONDS + 1 if len(deployment.decode) > 1 else 0
 for inst, plans in deployment.decode:
-    # A plain dependsOn (no property flows between instances), so replacing one instance replaces only
-    # it, and the next waits until it is ready again: a rolling update.
+    # The next instance starts (or is replaced) only once this one is ready again: a rolling update.
+    # Nothing of an instance flows into the next one's inputs, so replacing one replaces only it.
     decode.append(DecodeGroup(inst.name, DecodeGroupArgs(plans=plans, **shared, settle_seconds=settle,
                                                          after=decode[-1].ready if decode else [])))
 proxy = GlobalProxy("proxy", GlobalProxyArgs(

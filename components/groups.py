@@ -32,7 +32,7 @@ class PrefillGroupArgs(_GroupArgs):
 class DecodeGroupArgs(_GroupArgs):
     # The previous decode instance's readiness: instances start (and are replaced) one at a time, so
     # a change that touches every decode instance never takes them all down at once.
-    after: list[pulumi.Resource] = field(default_factory=list)
+    after: list[remote.Command] = field(default_factory=list)
     settle_seconds: int = 0  # set when there are several instances: see DecodeGroup
 
 
@@ -42,15 +42,15 @@ class GlobalProxyArgs:
     image: str
     connection: remote.ConnectionArgs
     readiness: Readiness
-    upstreams: list[pulumi.Resource] = field(default_factory=list)  # readiness of every instance
+    upstreams: list[remote.Command] = field(default_factory=list)  # readiness of every instance
 
 
 class _InstanceGroup(pulumi.ComponentResource):
     hosts: dict[str, HostContainer]
-    ready: list[pulumi.Resource]
+    ready: list[remote.Command]
 
     def __init__(self, type_token: str, name: str, args: _GroupArgs, opts: pulumi.ResourceOptions | None,
-                 after: list[pulumi.Resource] = (), settle_seconds: int = 0):
+                 after: list[remote.Command] = (), settle_seconds: int = 0):
         super().__init__(type_token, name, None, opts)
         ranktables = pulumi.Output.from_input(args.ranktables)
         self.hosts = {}
@@ -60,7 +60,7 @@ class _InstanceGroup(pulumi.ComponentResource):
                 ranktables=ranktables.apply(
                     lambda rts, p=plan: tuple(f for f in rts[p.host.name] if f.path in p.ranktable_paths)),
                 global_ranktable=args.global_ranktable, readiness=args.readiness,
-                depends_on=[args.global_written[plan.host.name], *after], settle_seconds=settle_seconds),
+                depends_on=[args.global_written[plan.host.name]], after=list(after), settle_seconds=settle_seconds),
                 pulumi.ResourceOptions(parent=self))
         self.ready = [hc.ready for hc in self.hosts.values()]
         self.register_outputs({"hosts": list(self.hosts)})
@@ -84,6 +84,6 @@ class GlobalProxy(pulumi.ComponentResource):
         # requests to servers that are still loading.
         self.host = HostContainer(args.plan.key, HostContainerArgs(
             plan=args.plan, image=args.image, connection=args.connection, ranktables=(),
-            readiness=args.readiness, depends_on=args.upstreams), pulumi.ResourceOptions(parent=self))
+            readiness=args.readiness, after=args.upstreams), pulumi.ResourceOptions(parent=self))
         self.ready = self.host.ready
         self.register_outputs({"host": args.plan.host.name})
