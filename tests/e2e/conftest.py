@@ -51,3 +51,25 @@ def ssh(h, command, check=True):
         ["ssh", "-i", h["privateKeyPath"], "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
          "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=error", f"root@{h['address']}", command],
         capture_output=True, text=True, check=check, timeout=120)
+
+
+def containers(testbed_hosts, hosts) -> dict[str, str]:
+    """container name -> "<id> <start time> <status>", over the testbed hosts named in `hosts`: what a
+    test compares to tell which containers a run replaced."""
+    seen = {}
+    for name in hosts:
+        out = ssh(testbed_hosts[name], "for c in $(docker ps -aq); do docker inspect -f "
+                                       "'{{.Name}} {{.Id}} {{.State.StartedAt}} {{.State.Status}}' $c; done").stdout
+        for line in out.splitlines():
+            cname, ident, started, status = line.split()
+            seen[cname.lstrip("/")] = f"{ident} {started} {status}"
+    return seen
+
+
+def complete(target, prompt: str = "after a change") -> dict:
+    """One completion through the proxy; `target` is its URL or a stack's Pulumi (its endpoint output)."""
+    endpoint = target if isinstance(target, str) else json.loads(target("stack", "output", "--json").stdout)["endpoint"]
+    body = json.dumps({"model": "deepseek", "temperature": 0, "max_tokens": 8, "prompt": prompt})
+    out = subprocess.run(["curl", "-s", "--noproxy", "*", "--max-time", "30", "-X", "POST", endpoint + "/v1/completions",
+                          "-H", "Content-Type: application/json", "-d", body], capture_output=True, text=True)
+    return json.loads(out.stdout)

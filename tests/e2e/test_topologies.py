@@ -7,7 +7,7 @@ import time
 import pytest
 
 from . import stacks
-from .conftest import ROOT, ssh
+from .conftest import ROOT, complete, ssh
 
 pytestmark = pytest.mark.e2e
 
@@ -27,13 +27,6 @@ def metric(url: str, name: str) -> float:
     text = subprocess.run(["curl", "-s", "--noproxy", "*", "--max-time", "5", url + "/metrics"],
                           capture_output=True, text=True).stdout
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
-
-
-def complete(endpoint: str, prompt: str) -> dict:
-    body = json.dumps({"model": "deepseek", "temperature": 0, "max_tokens": 8, "prompt": prompt})
-    out = subprocess.run(["curl", "-s", "--noproxy", "*", "--max-time", "30", "-X", "POST", endpoint + "/v1/completions",
-                          "-H", "Content-Type: application/json", "-d", body], capture_output=True, text=True)
-    return json.loads(out.stdout)
 
 
 def test_two_prefill_and_two_decode_instances_all_serve(stack, tmp_path):
