@@ -135,7 +135,13 @@ def critical_path(config: dict, order: str = "parallel") -> dict:
     return {"wall": wall, "connections": len(plans), "steps": tl.steps}
 
 
-def one_host(config: dict, host: str) -> dict:
+def read_addresses(config: dict) -> dict:
+    spec = cluster_spec(config)
+    return {h: ranktable.parse_device_addresses(h, devs, ssh(hh.address, ranktable.read_devices_command(devs)))
+            for h, (hh, devs) in render(spec).device_reads().items()}
+
+
+def one_host(config: dict, host: str, addresses: dict) -> dict:
     """What changing one host's container needs at least: new launch script (rewritten with its
     ranktables, as pdstack's -files does), old container out (pdstack's graceful stop), new container in,
     healthy again. The device addresses are read before the clock starts: pdstack has them in its state."""
@@ -143,9 +149,6 @@ def one_host(config: dict, host: str) -> dict:
     deployment = render(spec)
     image, _ = image_resolve.resolve(spec.image)
     plan = next(p for p in deployment.plans() if p.host.name == host)
-    reads = deployment.device_reads()
-    addresses = {h: ranktable.parse_device_addresses(h, devs, ssh(hh.address, ranktable.read_devices_command(devs)))
-                 for h, (hh, devs) in reads.items()}
     own = tuple(f for f in ranktable.render_ranktables(spec, addresses)[host] if f.path in plan.ranktable_paths)
     conns = Connections()
     tl = Timeline()
@@ -170,7 +173,7 @@ def main() -> None:
     parser.add_argument("--one-host")
     args = parser.parse_args()
     config = stack_config(args.hosts)
-    result = one_host(config, args.one_host) if args.one_host else critical_path(config, args.order)
+    result = one_host(config, args.one_host, read_addresses(config)) if args.one_host else critical_path(config, args.order)
     print(json.dumps({"wall": result["wall"], "connections": result["connections"]}))
 
 

@@ -134,15 +134,20 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True, help="scratch dir (stacks, inventories)")
     parser.add_argument("--parallel", type=int, default=0, help="pulumi --parallel (0: 4 x hosts)")
+    parser.add_argument("--slow-reps", type=int, default=0,
+                        help="repetitions of the Ansible (a) runs, minutes each (0: --reps)")
+    parser.add_argument("--skip", default="", help="comma-separated methods to leave out")
     parser.add_argument("--only", default="", help="comma-separated methods to run (default: all)")
     args = parser.parse_args()
     n, reps = args.hosts, args.reps
     parallel = args.parallel or 4 * n
     only = set(filter(None, args.only.split(",")))
-    want = lambda m: not only or m in only  # noqa: E731
+    skip = set(filter(None, args.skip.split(",")))
+    want = lambda m: (not only or m in only) and m not in skip  # noqa: E731
+    slow_reps = args.slow_reps or reps
     lay = layout(n)
     change_host = lay["decode"][1][0]
-    results: dict = {"hosts": n, "reps": reps, "parallel": parallel, "layout": describe_layout(n),
+    results: dict = {"hosts": n, "reps": reps, "slow_reps": slow_reps, "parallel": parallel, "layout": describe_layout(n),
                      "change_host": change_host, "runs": {}}
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -175,9 +180,10 @@ def main() -> int:
         if not want("critical"):
             clean_hosts(n)
             critical.critical_path(config)
+        addresses = critical.read_addresses(config)  # pdstack has them in its state
         for i in range(reps):
             before = accepted_ssh(n)
-            r = critical.one_host(stack_config(n, decode1_max_num_seqs=5 + i), change_host)
+            r = critical.one_host(stack_config(n, decode1_max_num_seqs=5 + i), change_host, addresses)
             record("critical-one-host", {"wall": r["wall"], "ssh": accepted_ssh(n) - before,
                                          "phases": critical_phases(r["steps"])})
 
@@ -187,14 +193,14 @@ def main() -> int:
             record("ansible-fast", {k: v for k, v in ansible_run(n, args.work / "ansible-fast", "fast.yml", config,
                                                                  forks=n, pipelining=True).items() if k in ("wall", "ssh", "phases")})
     if want("ansible-reference"):
-        for _ in range(reps):
+        for _ in range(slow_reps):
             clean_hosts(n)
             record("ansible-reference", {k: v for k, v in ansible_run(
                 n, args.work / "ansible-reference", "reference.yml", config, forks=5, pipelining=False).items()
                 if k in ("wall", "ssh", "phases")})
     if want("ansible-reference-one-host"):
         # The reference has no per-host update: the same change means a full run on the deployed cluster.
-        for i in range(reps):
+        for i in range(slow_reps):
             record("ansible-reference-one-host", {k: v for k, v in ansible_run(
                 n, args.work / "ansible-reference", "reference.yml", stack_config(n, decode1_max_num_seqs=5 + i),
                 forks=5, pipelining=False).items() if k in ("wall", "ssh", "phases")})
