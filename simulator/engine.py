@@ -8,6 +8,7 @@ ready yet (503 with a reason) instead of refusing connections.
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -219,6 +220,14 @@ class Engine:
     def _stop_serving(self) -> None:
         self._settled.set()
         if self._serving:
+            # Stop listening now, as uvicorn does on SIGTERM: a connection attempt is refused, and a
+            # proxy tries the next server. serve_forever only notices shutdown() at its next poll, and
+            # a connection that arrives meanwhile is left in the backlog and reset when the socket
+            # closes, after the proxy has sent it a request it must not retry.
+            try:
+                self.httpd.socket.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
             threading.Thread(target=self.httpd.shutdown, daemon=True).start()
 
     def serve(self) -> int:

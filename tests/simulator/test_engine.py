@@ -1,6 +1,7 @@
 """`vllm serve` stand-in: flags, HTTP API, determinism, metrics, fault knobs."""
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -92,6 +93,39 @@ def test_by_default_connections_are_refused_until_ready_like_vllm(procs, model_d
         socket.create_connection((host, port), timeout=2).close()
     wait_health(host, port, proc=p)
     assert "INFO:     Application startup complete." in p.output()
+
+
+def test_on_sigterm_it_refuses_new_connections_and_finishes_those_in_flight(procs, model_dir):
+    # Like uvicorn: a proxy sees a stopping engine as a refused connection and tries another server.
+    # A connection accepted now and dropped at exit would fail a request the proxy cannot retry.
+    import threading
+    host, port, p = start_engine(procs, model_dir, env=sim_env(PDSIM_TOKEN_DELAY="0.1"))
+    wait_health(host, port, proc=p)
+    result = {}
+    slow = threading.Thread(target=lambda: result.update(
+        answer=post_json(host, port, "/v1/completions", {"prompt": "hi", "max_tokens": 20, "temperature": 0})))
+    slow.start()
+    time.sleep(0.5)  # in flight: about 5 of its 20 tokens out
+    p.p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while "received signal" not in p.output() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "received signal" in p.output()
+    # Within the server's 0.2 s poll, when it used to leave new connections in its backlog.
+    attempts = []
+    until = time.monotonic() + 0.3
+    while time.monotonic() < until:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            attempts.append("accepted")
+        except ConnectionRefusedError:
+            attempts.append("refused")
+        time.sleep(0.02)
+    slow.join(10)
+    assert attempts and set(attempts) == {"refused"}, attempts
+    status, _, body = result["answer"]
+    assert status == 200 and body["usage"]["completion_tokens"] == 20, (status, body)
+    assert p.wait(10) == 0
 
 
 def test_a_busy_api_port_fails_at_once(procs, model_dir):
