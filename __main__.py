@@ -10,6 +10,7 @@ from components.connection import connection
 from components.devices import DeviceAddresses, DeviceAddressesArgs, GlobalRanktable, GlobalRanktableArgs
 from components.groups import (DecodeGroup, DecodeGroupArgs, GlobalProxy, GlobalProxyArgs, PrefillGroup,
                                PrefillGroupArgs)
+from components.order import CONTAINER_IDS, DECODE_ENDPOINTS, PreviousDeployment, rolling_after
 from pdstack import image_resolve, profile, topology
 from pdstack.config.known_hosts import pin_host_keys
 from pdstack.config.parse import ConfigError, check_local_files, parse_cluster
@@ -59,14 +60,14 @@ shared = dict(image=image, connections=connections, ranktables=ranktables, globa
 
 prefill = [PrefillGroup(inst.name, PrefillGroupArgs(plans=plans, **shared)) for inst, plans in deployment.prefill]
 decode: list[DecodeGroup] = []
-# With several decode instances, a host counts as ready only once the proxy routes to it again, so the
-# next instance never goes down while the proxy still avoids this one.
-settle = profile.PROXY_FAIL_TIMEOUT_SECONDS + 1 if len(deployment.decode) > 1 else 0
+previous = PreviousDeployment()
 for inst, plans in deployment.decode:
-    # The next instance starts (or is replaced) only once this one is ready again: a rolling update.
-    # Nothing of an instance flows into the next one's inputs, so replacing one replaces only it.
-    decode.append(DecodeGroup(inst.name, DecodeGroupArgs(plans=plans, **shared, settle_seconds=settle,
-                                                         after=decode[-1].ready if decode else [])))
+    # A rolling update: an instance that was serving is replaced only once the previous one is ready
+    # again and the proxy routes to it (its fail_timeout). Nothing of an instance flows into the next
+    # one's inputs, so replacing one replaces only it.
+    after = (rolling_after(previous, inst.name, list(decode[-1].hosts.values()), profile.PROXY_FAIL_TIMEOUT_SECONDS + 1)
+             if decode else None)
+    decode.append(DecodeGroup(inst.name, DecodeGroupArgs(plans=plans, **shared, after=after)))
 proxy = GlobalProxy("proxy", GlobalProxyArgs(
     plan=deployment.proxy, image=image, connection=connections[deployment.proxy.host.name],
     readiness=spec.readiness, upstreams=[r for g in prefill + decode for r in g.ready]))
@@ -75,9 +76,11 @@ pulumi.export("endpoint", f"http://{deployment.proxy.host.address}:{spec.proxy.p
 pulumi.export("image", image)
 pulumi.export("prefillEndpoints", {inst.name: f"http://{spec.host(inst.hosts[0]).address}:{topology.prefill_api_port(spec, inst)}"
                                    for inst in spec.prefill})
-pulumi.export("decodeEndpoints", {inst.name: [f"http://{p.host.address}:{h.port}" for p in plans for h in p.health]
+pulumi.export(DECODE_ENDPOINTS, {inst.name: [f"http://{p.host.address}:{h.port}" for p in plans for h in p.health]
                                   for inst, plans in deployment.decode})
 pulumi.export("containers", {p.host.name: sorted(q.container.name for q in deployment.plans() if q.host.name == p.host.name)
                              for p in deployment.plans()})
+pulumi.export(CONTAINER_IDS, {hc.container_name: hc.container.stdout
+                               for hc in [h for g in prefill + decode for h in g.hosts.values()] + [proxy.host]})
 pulumi.export("logs", {p.container.name: f"{p.host.name}:{p.log_dir}" for p in deployment.plans()})
 pulumi.export("proxyReady", proxy.ready.stdout)

@@ -10,6 +10,7 @@ from pdstack.config.model import Readiness
 from pdstack.rendering.model import FileSpec, HostPlan
 
 from .host_container import HostContainer, HostContainerArgs
+from .order import after_all
 
 
 @dataclass
@@ -30,10 +31,9 @@ class PrefillGroupArgs(_GroupArgs):
 
 @dataclass
 class DecodeGroupArgs(_GroupArgs):
-    # The previous decode instance's readiness: instances start (and are replaced) one at a time, so
-    # a change that touches every decode instance never takes them all down at once.
-    after: list[remote.Command] = field(default_factory=list)
-    settle_seconds: int = 0  # set when there are several instances: see DecodeGroup
+    # When this instance may go down: once the previous one is ready again (components.order.rolling_after),
+    # so a change that touches every decode instance never takes them all down at once.
+    after: pulumi.Output[str] | None = None
 
 
 @dataclass
@@ -50,7 +50,7 @@ class _InstanceGroup(pulumi.ComponentResource):
     ready: list[remote.Command]
 
     def __init__(self, type_token: str, name: str, args: _GroupArgs, opts: pulumi.ResourceOptions | None,
-                 after: list[remote.Command] = (), settle_seconds: int = 0):
+                 after: pulumi.Output[str] | None = None):
         super().__init__(type_token, name, None, opts)
         ranktables = pulumi.Output.from_input(args.ranktables)
         self.hosts = {}
@@ -60,7 +60,7 @@ class _InstanceGroup(pulumi.ComponentResource):
                 ranktables=ranktables.apply(
                     lambda rts, p=plan: tuple(f for f in rts[p.host.name] if f.path in p.ranktable_paths)),
                 global_ranktable=args.global_ranktable, readiness=args.readiness,
-                depends_on=[args.global_written[plan.host.name]], after=list(after), settle_seconds=settle_seconds),
+                depends_on=[args.global_written[plan.host.name]], after=after),
                 pulumi.ResourceOptions(parent=self))
         self.ready = [hc.ready for hc in self.hosts.values()]
         self.register_outputs({"hosts": list(self.hosts)})
@@ -73,8 +73,7 @@ class PrefillGroup(_InstanceGroup):
 
 class DecodeGroup(_InstanceGroup):
     def __init__(self, name: str, args: DecodeGroupArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("pdstack:index:DecodeGroup", name, args, opts, after=args.after,
-                         settle_seconds=args.settle_seconds)
+        super().__init__("pdstack:index:DecodeGroup", name, args, opts, after=args.after)
 
 
 class GlobalProxy(pulumi.ComponentResource):
@@ -84,6 +83,6 @@ class GlobalProxy(pulumi.ComponentResource):
         # requests to servers that are still loading.
         self.host = HostContainer(args.plan.key, HostContainerArgs(
             plan=args.plan, image=args.image, connection=args.connection, ranktables=(),
-            readiness=args.readiness, after=args.upstreams), pulumi.ResourceOptions(parent=self))
+            readiness=args.readiness, after=after_all(args.upstreams)), pulumi.ResourceOptions(parent=self))
         self.ready = self.host.ready
         self.register_outputs({"host": args.plan.host.name})

@@ -20,30 +20,12 @@ class HostContainerArgs:
     readiness: Readiness
     global_ranktable: pulumi.Input[FileSpec] | None = None  # read too; written per host by GlobalRanktable
     depends_on: list[pulumi.Resource] | None = None  # on this host: what the container needs while it exists
-    after: list[remote.Command] | None = None  # on other hosts: start only once these are done (see started_after)
-    settle_seconds: int = 0  # extra wait after healthy (see readiness_script)
+    after: pulumi.Output[str] | None = None  # on other hosts: start only once this resolves (see components.order)
 
 
 def stack_scoped(name: str) -> str:
     """`name` made unique among every stack that may share these hosts."""
     return f"{pulumi.get_project()}/{pulumi.get_stack()}/{name}"
-
-
-def started_after(commands: list[remote.Command]) -> pulumi.Output[str]:
-    """An empty string, once every one of `commands` is done, with no dependency on them in the state.
-
-    Containers start in an order across hosts (decode instances one at a time, the proxy once every
-    engine is ready), and a replacement waits the same way: the container registers only once the
-    commands it waits for are done. A dependency recorded in the state would also order deletes:
-    `pulumi destroy` with one host unreachable would then keep, running, every container that host's
-    container waited for (with the proxy's host down: all of them). Deletes need no order, so the
-    order lives here, in the program, and nowhere in the state.
-    """
-    async def done() -> str:
-        for command in commands:
-            await command.stdout.future()
-        return ""
-    return pulumi.Output.from_input(done())
 
 
 def triggers(plan: HostPlan, image: str, ranktables_digest: pulumi.Input[str]) -> list:
@@ -87,7 +69,7 @@ class HostContainer(pulumi.ComponentResource):
         run = cmds.run_container_command(plan, args.image, stack_scoped(plan.role))
         self.container = remote.Command(
             f"{name}-container", connection=args.connection,
-            create=started_after(args.after).apply(lambda _: run) if args.after else run,
+            create=args.after.apply(lambda _: run) if args.after is not None else run,
             # Only a change of `triggers` may restart the container; anything else (a rotated SSH key,
             # say) updates in place, and the update must not touch it.
             update=cmds.container_id_command(plan),
@@ -98,10 +80,9 @@ class HostContainer(pulumi.ComponentResource):
 
         self.ready = remote.Command(
             f"{name}-ready", connection=args.connection,
-            create=cmds.readiness_script(plan, args.readiness.timeout_seconds, args.readiness.interval_seconds,
-                                         args.settle_seconds),
+            create=cmds.readiness_script(plan, args.readiness.timeout_seconds, args.readiness.interval_seconds),
             triggers=[self.container.stdout], add_previous_output_in_env=False, logging="stderr",
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.container]))
 
-        self.container_id = self.container.stdout
+        self.container_name = plan.container.name
         self.register_outputs({"containerId": self.container.stdout, "containerName": plan.container.name})

@@ -124,10 +124,8 @@ def http_code(url: str) -> str:
     return f"curl -s -o /dev/null -m 5 -w '%{{http_code}}' {q(url)}"
 
 
-def readiness_script(plan: HostPlan, timeout: int, interval: int, settle: int = 0) -> str:
-    """Waits until the container runs and every health port answers; on failure says why, with logs.
-    `settle`: seconds to wait once healthy, for a proxy that took the host out of rotation to take it
-    back (rolling updates wait for this before the next instance goes down)."""
+def readiness_script(plan: HostPlan, timeout: int, interval: int) -> str:
+    """Waits until the container runs and every health port answers; on failure says why, with logs."""
     name = q(plan.container.name)
     host = plan.host.name
     checks = []
@@ -155,7 +153,6 @@ def readiness_script(plan: HostPlan, timeout: int, interval: int, settle: int = 
         f"  [ $SECONDS -lt $deadline ] || fail 'did not become healthy within {timeout} s'",
         f"  sleep {interval}",
         "done",
-        *([f"sleep {settle}  # the proxy's fail_timeout, so it routes to this host again"] if settle else []),
         f"echo \"pdstack: host {host}: {plan.container.name} ready\"",
     ]
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ import copy
 import re
 import runpy
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:This resource is deprecated:Depr
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # rpc's marker of a secret value
 STACK = "pulumi:pulumi:Stack"
+STACK_REFERENCE = "pulumi:pulumi:StackReference"
 COMMAND = "command:remote:Command"
 FILE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nZDMtb3duLWtleS1maWxl\n-----END OPENSSH PRIVATE KEY-----\n"
 
@@ -81,13 +83,18 @@ class RecordingMonitor(mocks.MockMonitor):
 class Mocks(mocks.Mocks):
     """Commands "run": the device reads print `<device> ipaddr:<address>` lines, the others an id."""
 
-    def __init__(self, failing_host: str | None = None):
+    def __init__(self, failing_host: str | None = None, previous: dict[str, Any] | None = None):
         self.failing_host = failing_host
+        self.previous = previous or {}  # the stack's outputs of its last `up` (its reference to itself reads them)
+        self.references: list[str] = []  # stack names read by StackReference
         self.device_ips: dict[str, dict[int, str]] = {}
         self.names: dict[str, str] = {}  # address -> host name (device reads are named by address)
 
     def new_resource(self, args: mocks.MockResourceArgs):
         state = dict(args.inputs)
+        if args.typ == STACK_REFERENCE:
+            self.references.append(args.inputs["name"])
+            return args.name, {"name": args.inputs["name"], "outputs": self.previous, "secretOutputNames": []}
         if args.typ == COMMAND:
             if args.name.endswith("-device-addresses"):
                 host = self.names[args.name.removesuffix("-device-addresses")]
@@ -111,6 +118,7 @@ class Mocks(mocks.Mocks):
 class Graph:
     resources: dict[str, Registered]  # by name (names are unique in this program)
     outputs: list[dict[str, Any]]
+    stack_outputs: dict[str, Any]  # what `pulumi stack output` would show
     mocks: Mocks
 
     def commands(self) -> list[Registered]:
@@ -134,17 +142,24 @@ def run_program(raw: dict[str, Any], m: Mocks | None = None) -> Graph:
     m = m or Mocks()
     m.names = {h["address"]: name for name, h in raw["pdstack:hosts"].items()}
     monitor = RecordingMonitor(m)
-    pulumi.runtime.set_mocks(m, project="pdstack", stack="unit", preview=False, monitor=monitor)
+    # "organization": what the engine reports on a DIY (file) backend, as the testbed's stacks use.
+    pulumi.runtime.set_mocks(m, project="pdstack", stack="unit", preview=False, monitor=monitor,
+                             organization="organization")
     pulumi.runtime.set_all_config(as_pulumi_config(raw))
+
+    exported: dict[str, Any] = {}
 
     @pulumi.runtime.test
     def program():
         runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        # Under mocks the stack registered its (then empty) outputs before the program ran: resolve
+        # what the program exported from the stack resource itself.
+        return pulumi.Output.from_input(pulumi.runtime.get_root_resource().outputs).apply(exported.update)
 
     program()
     names = [r.name for r in monitor.registered]
     assert len(names) == len(set(names)), "resource names must be unique"
-    return Graph({r.name: r for r in monitor.registered}, monitor.outputs, m)
+    return Graph({r.name: r for r in monitor.registered}, monitor.outputs, exported, m)
 
 
 def reference_ssh(tmp_path_factory) -> dict[str, Any]:
@@ -411,11 +426,42 @@ def test_a_host_in_both_roles_has_one_global_ranktable_that_outlives_either_cont
         assert "global_ranktable_merge.json" not in graph.resources[f"{key}-files"].inputs["delete"]
 
 
-def test_decode_instances_wait_for_the_previous_one_to_be_ready():
+def two_decode_instances() -> dict[str, Any]:
     raw = reference_2p1d(ssh={"privateKey": PEM})
     raw["pdstack:hosts"]["d2"] = {"address": "10.0.1.9"}
     raw["pdstack:decode"].append({"name": "decode-1", "hosts": ["d2"], "devices": "0-15"})
-    graph = run_program(raw)
+    return raw
+
+
+def serving(raw: dict[str, Any], restarted: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The outputs the last `up` of `raw` exported: every decode instance serving, every container id
+    the one the mocks create again, except on the hosts this `up` restarts (`restarted`)."""
+    deployment = render(spec_of(raw))
+    return {"decodeEndpoints": {inst.name: [] for inst, _ in deployment.decode},
+            "containerIds": {p.container.name: "an older id" if p.host.name in restarted else f"sha256:{p.key}-container"
+                             for p in deployment.plans()}}
+
+
+class SlowReadiness(Mocks):
+    """Readiness checks take a second, as real ones take a while: whatever waits for one shows it."""
+
+    def new_resource(self, args: mocks.MockResourceArgs):
+        if args.name.endswith("-ready"):
+            time.sleep(1)
+        return super().new_resource(args)
+
+
+def test_the_program_reads_what_this_stack_deployed_last(graph):
+    assert graph.mocks.references == ["organization/pdstack/unit"]
+    deployment = render(spec_of(reference_1p32_1d32(ssh={"privateKey": PEM})))
+    stack = graph.stack_outputs  # what the next `up` reads
+    assert set(stack["decodeEndpoints"]) == {"decode-0"}
+    assert stack["containerIds"] == {p.container.name: f"sha256:{p.key}-container" for p in deployment.plans()}
+
+
+def test_a_serving_decode_instance_is_replaced_only_once_the_previous_one_is_ready():
+    raw = two_decode_instances()
+    graph = run_program(raw, Mocks(previous=serving(raw)))
     for h in ("d0", "d1"):
         assert registered_before(graph, f"decode-0-{h}-ready", "decode-1-d2-container")
     # The first instance and prefill wait on nothing of the kind: they register before any readiness.
@@ -426,10 +472,43 @@ def test_decode_instances_wait_for_the_previous_one_to_be_ready():
     first_ready = {graph.resources[f"decode-0-{h}-ready"].urn for h in ("d0", "d1")}
     decode_1 = graph.resources["decode-1-d2-container"]
     assert not first_ready & (set(decode_1.dependencies) | set(decode_1.property_dependencies_flat()))
-    # Ready only once the proxy has taken the hosts back (its fail_timeout), before the next goes down.
-    assert "sleep 11  # the proxy's fail_timeout" in graph.resources["decode-0-d0-ready"].inputs["create"]
-    assert "fail_timeout" not in graph.resources["prefill-0-p0-ready"].inputs["create"]
+    # The wait is the program's, not the host's: no readiness check sleeps.
+    assert not any("sleep 1" + "1" in r.inputs["create"] for r in graph.commands() if r.name.endswith("-ready"))
 
 
-def test_a_single_decode_instance_does_not_wait_for_the_proxy(graph):
-    assert "fail_timeout" not in graph.resources["decode-0-d0-ready"].inputs["create"]
+def test_decode_instances_that_were_not_serving_start_without_waiting():
+    raw = two_decode_instances()
+    for previous in ({}, {"decodeEndpoints": {"decode-0": []}}):  # a first deploy; decode-1 added
+        graph = run_program(raw, SlowReadiness(previous=previous))
+        for h in ("d0", "d1"):
+            assert registered_before(graph, "decode-1-d2-container", f"decode-0-{h}-ready"), previous
+    # Whereas a serving decode-1 waits for those same slow checks.
+    graph = run_program(raw, SlowReadiness(previous=serving(raw)))
+    assert registered_before(graph, "decode-0-d0-ready", "decode-1-d2-container")
+
+
+def test_after_a_restart_of_the_previous_instance_the_next_waits_out_the_proxys_fail_timeout(monkeypatch):
+    from pdstack import profile
+    monkeypatch.setattr(profile, "PROXY_FAIL_TIMEOUT_SECONDS", 1)  # waits 1 + 1 s: measurable, quick
+    raw = two_decode_instances()
+    waited = {}
+    for restarted in ((), ("d1",)):
+        m = Timed(previous=serving(raw, restarted))
+        run_program(raw, m)
+        waited[restarted] = m.at["decode-1-d2-container"] - max(m.at[f"decode-0-{h}-ready"] for h in ("d0", "d1"))
+    assert waited[()] < 1.5, waited  # decode-0 kept running: the proxy never took it out of rotation
+    assert waited[("d1",)] >= 2, waited
+
+
+class Timed(Mocks):
+    """Notes when each resource was registered (the monotonic clock)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.at: dict[str, float] = {}
+
+    def new_resource(self, args: mocks.MockResourceArgs):
+        self.at[args.name] = time.monotonic()
+        return super().new_resource(args)
+
+
