@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make bench`: every benchmark size on a testbed of its own, under the testbed lock, then the table
-# and the plot. BENCH_SIZES ("9 17 33"), BENCH_REPS (3), BENCH_OUT (bench/results), BENCH_ONLY (methods).
+# `make bench`: every benchmark size on one testbed of the largest size, under the testbed lock, then
+# the tables and the plot. BENCH_SIZES ("9 17 33"), BENCH_REPS (3), BENCH_OUT (bench/results), BENCH_ONLY (methods).
 # Ansible (a), the reference's structure, takes minutes per run (forks 5, a fixed pause, no pipelining):
 # it runs only at BENCH_SLOW_SIZES ("9"), BENCH_SLOW_REPS (1) times, so the whole run fits in 30 minutes.
 set -euo pipefail
@@ -35,20 +35,23 @@ RAW="$OUT/raw/$(date +%Y-%m-%d)"
 mkdir -p "$RAW" "$WORK"
 cleanup() { $PY -m testbed down >/dev/null 2>&1 || $PY -m testbed down; }
 trap cleanup EXIT
-for n in $SIZES; do
-  # Our own testbed at this size: whatever is there belongs to nobody while we hold the lock.
-  $PY -m testbed down >/dev/null
-  echo "bench: $(date +%T) testbed up, $n hosts"
-  $PY -m testbed up --hosts "$n" --devices 2
-  bash scripts/push-simulator-image.sh >/dev/null
+# One testbed of the largest size serves every size (a size of n deploys to host1..hostn; the other
+# hosts' sshd and dockerd sit idle), so each host pulls the image once, not once per size. Ours alone:
+# whatever is there belongs to nobody while we hold the lock.
+largest=$(printf '%s\n' $SIZES | sort -n | tail -n 1)
+$PY -m testbed down >/dev/null
+echo "bench: $(date +%T) testbed up, $largest hosts"
+$PY -m testbed up --hosts "$largest" --devices 2
+bash scripts/push-simulator-image.sh >/dev/null
+for n in $(printf '%s\n' $SIZES | sort -n); do
   skip=ansible-reference,ansible-reference-one-host
   for s in $SLOW_SIZES; do [ "$s" != "$n" ] || skip=; done
   # A size that fails is reported and the others still run; the exit status says so at the end.
   $PY -m bench.run --hosts "$n" --reps "$REPS" --slow-reps "$SLOW_REPS" --skip "$skip" --out "$RAW" --work "$WORK/$n" \
     ${BENCH_ONLY:+--only "$BENCH_ONLY"} || { echo "bench: $n hosts failed" >&2; failed=1; }
-  echo "bench: $(date +%T) testbed down"
-  $PY -m testbed down
 done
+echo "bench: $(date +%T) testbed down"
+$PY -m testbed down
 trap - EXIT
 "$VENV/bin/python" -m bench.report "$RAW" "$OUT"
 exit $failed

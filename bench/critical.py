@@ -4,11 +4,8 @@ Every command is the one pdstack's components run (rendered by pdstack.rendering
 config), over one OpenSSH connection per host (a ControlMaster), each host as early as its inputs allow:
 image pulls and device-address reads start at once; a host's files (launch script, its ranktables, the
 global ranktable) are written once every address is known; its container starts once its files and image
-are there; the proxy starts once every prefill/decode host answers its health checks.
-
-`order="pdstack"` adds the waits pdstack's graph adds on purpose (decode instance j+1 starts after
-instance j is ready, and with several decode instances each decode host waits out the proxy's fail
-timeout once healthy), to separate what those cost from what the engine costs.
+are there; the proxy starts once every prefill/decode host answers its health checks. That is also
+pdstack's order on a first deploy (its rolling order applies only to instances that were serving).
 """
 from __future__ import annotations
 
@@ -19,9 +16,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
-from pdstack import image_resolve, profile
+from pdstack import image_resolve
 from pdstack.rendering import ranktable
 from pdstack.rendering.plan import render
 
@@ -74,7 +71,7 @@ class Connections:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def critical_path(config: dict, order: str = "parallel") -> dict:
+def critical_path(config: dict) -> dict:
     spec = cluster_spec(config)
     deployment = render(spec)
     image, _ = image_resolve.resolve(spec.image)  # the digest-pinned reference pdstack deploys
@@ -98,29 +95,17 @@ def critical_path(config: dict, order: str = "parallel") -> dict:
         rts = ranktable.render_ranktables(spec, addresses)
         global_file = ranktable.render_global_ranktable(spec, addresses)
 
-        multi_decode = len(deployment.decode) > 1
-        settle = profile.PROXY_FAIL_TIMEOUT_SECONDS + 1 if (order == "pdstack" and multi_decode) else 0
-
-        def engine_host(plan, after: list[Future], settle_s: int):
+        def engine_host(plan):
             own = tuple(f for f in rts[plan.host.name] if f.path in plan.ranktable_paths)
             # pdstack writes these with two commands (-global-ranktable, -files); one round trip is the floor.
             on(plan, "files", "bash -s", pdcmds.write_files(spec, (global_file,), f"{plan.host.name}-global-ranktable")
                + pdcmds.write_files(spec, plan.files + own, f"{plan.key}-files", plan))
             pulls[plan.host.name].result()
-            for f in after:
-                f.result()
             on(plan, "run", pdcmds.run_container(plan, image))
             on(plan, "ready", "bash -s", pdcmds.readiness(plan, spec.readiness.timeout_seconds,
-                                                                spec.readiness.interval_seconds, settle_s))
+                                                         spec.readiness.interval_seconds))
 
-        ready: list[Future] = []
-        for _, group in deployment.prefill:
-            ready += [pool.submit(engine_host, p, [], 0) for p in group]
-        previous: list[Future] = []
-        for _, group in deployment.decode:
-            mine = [pool.submit(engine_host, p, previous if order == "pdstack" else [], settle) for p in group]
-            ready += mine
-            previous = mine
+        ready = [pool.submit(engine_host, p) for _, group in deployment.prefill + deployment.decode for p in group]
         for f in ready:
             f.result()
         proxy_files.result()
@@ -169,11 +154,10 @@ def main() -> None:
     from .common import stack_config
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hosts", type=int, required=True)
-    parser.add_argument("--order", choices=["parallel", "pdstack"], default="parallel")
     parser.add_argument("--one-host")
     args = parser.parse_args()
     config = stack_config(args.hosts)
-    result = one_host(config, args.one_host, read_addresses(config)) if args.one_host else critical_path(config, args.order)
+    result = one_host(config, args.one_host, read_addresses(config)) if args.one_host else critical_path(config)
     print(json.dumps({"wall": result["wall"], "connections": result["connections"]}))
 
 

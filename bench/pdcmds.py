@@ -1,46 +1,27 @@
 """pdstack's remote commands as its components call them, for scripts that run them without Pulumi.
 
-pdstack's rendering layer is under active development; this is the one place that knows how the
-components call it (which extra arguments: file ownership records, container slots), so the critical
-path and the Ansible playbooks keep running exactly the commands pdstack runs.
+The one place that knows which extra arguments the components pass (file ownership records, container
+slots, as the benchmark's stack would scope them), so the critical path and the Ansible playbooks run
+exactly the commands pdstack runs.
 """
 from __future__ import annotations
-
-import inspect
 
 from pdstack.rendering import plan as planmod
 from pdstack.rendering import remote as cmds
 
-PROJECT_STACK = "pdstack/bench"  # what stack_scoped() would prefix in the benchmark's stack
-
-
-def _takes(fn, n: int) -> bool:
-    return len(inspect.signature(fn).parameters) >= n
-
-
-def _owner(spec, plan_records: str | None, name: str):
-    records = plan_records or (planmod.records_dir(spec) if hasattr(planmod, "records_dir") else None)
-    return cmds.FileOwner(records, f"{PROJECT_STACK}/{name}")
+PROJECT_STACK = "pdstack/bench"  # what components.host_container.stack_scoped() prefixes in the bench stack
 
 
 def write_files(spec, files, name: str, plan=None) -> str:
     """The stdin of a `-files` / `-global-ranktable` command; `name` is that resource's name."""
-    if _takes(cmds.write_files_script, 2):
-        return cmds.write_files_script(tuple(files), _owner(spec, getattr(plan, "records", None), name))
-    return cmds.write_files_script(tuple(files))
+    records = plan.records if plan is not None else planmod.records_dir(spec)
+    return cmds.write_files_script(tuple(files), cmds.FileOwner(records, f"{PROJECT_STACK}/{name}"))
 
 
 def run_container(plan, image: str) -> str:
-    if _takes(cmds.run_container_command, 3):
-        return cmds.run_container_command(plan, image, f"{PROJECT_STACK}/{plan.role}")
-    return cmds.run_container_command(plan, image)
+    return cmds.run_container_command(plan, image, f"{PROJECT_STACK}/{plan.role}")
 
 
-def pull_image(image: str, host: str) -> str:
-    if _takes(cmds.pull_image_command, 2):
-        return cmds.pull_image_command(image, host)
-    return cmds.pull_image_command(image)
-
-
+pull_image = cmds.pull_image_command
 remove_container = cmds.remove_container_command
 readiness = cmds.readiness_script

@@ -7,12 +7,10 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 METHODS = [
     ("critical", "critical path: parallel SSH, all hosts at once (the floor)"),
-    ("critical-ordered", "critical path in pdstack's order (decode instances one after another, proxy fail timeout waited)"),
     ("pdstack-cold", "pdstack cold `up` from an empty stack"),
     ("ansible-reference", "Ansible (a): the reference's structure (forks 5, facts, 20 s pause)"),
     ("ansible-fast", "Ansible (b): best case (forks = hosts, pipelining, no pauses, no facts)"),
@@ -22,8 +20,7 @@ METHODS = [
     ("pdstack-one-host", "one-host change: pdstack `up --skip-preview`"),
     ("ansible-reference-one-host", "one-host change: Ansible (a) (redoes everything)"),
 ]
-RATIO_TO = {"critical-ordered": ["critical"], "pdstack-cold": ["critical", "critical-ordered"],
-            "ansible-reference": ["critical"], "ansible-fast": ["critical"],
+RATIO_TO = {"pdstack-cold": ["critical"], "ansible-reference": ["critical"], "ansible-fast": ["critical"],
             "pdstack-one-host": ["critical-one-host"], "ansible-reference-one-host": ["critical-one-host"]}
 
 
@@ -47,10 +44,10 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}, shared"
 
 
-def table(d: dict) -> str:
+def table(d: dict, date: str) -> str:
     runs = d["runs"]
     walls = {m: [r["wall"] for r in rs] for m, rs in runs.items()}
-    lines = [f"# Benchmark: {d['hosts']} hosts ({time.strftime('%Y-%m-%d')})", "",
+    lines = [f"# Benchmark: {d['hosts']} hosts ({date})", "",
              f"- machine: {machine()}",
              f"- layout: {d['layout']}",
              f"- pulumi `--parallel {d['parallel']}` (4 × hosts); {d['reps']} repetitions each; "
@@ -71,7 +68,7 @@ def table(d: dict) -> str:
         lines.append(f"| {title} | {fmt_range(walls[m])} | {ratio} | {med(sshs) if sshs else '–'} | "
                      f"{fmt_range(rss, 'MiB', 1 / 2**20, 0) if rss else '–'} |")
     lines += ["", "Where the time goes (median seconds from the start until the last host finished each step):", ""]
-    for m in ("critical", "critical-ordered", "pdstack-cold", "critical-one-host", "pdstack-one-host"):  # cumulative
+    for m in ("critical", "pdstack-cold", "critical-one-host", "pdstack-one-host"):  # cumulative
         phases = [r.get("phases") for r in runs.get(m, []) if r.get("phases")]
         if not phases:
             continue
@@ -96,6 +93,77 @@ def table(d: dict) -> str:
     summary = [r.get("summary") for r in runs.get("pdstack-one-host", []) if r.get("summary")]
     if summary:
         lines.append("- one-host change, what `up` did: " + " ".join(s.strip() for s in summary[-1]))
+    return "\n".join(lines) + "\n"
+
+
+def summary(data: list[dict], date: str) -> str:
+    """Every size side by side, and each of the issue's targets checked against the medians."""
+    sizes = [d["hosts"] for d in data]
+    walls = [{m: med([r["wall"] for r in rs]) for m, rs in d["runs"].items()} for d in data]
+
+    def row(title: str, cell) -> str:
+        return f"| {title} | " + " | ".join(cell(d, w) for d, w in zip(data, walls)) + " |"
+
+    def secs(m: str, base: str | None = None):
+        def cell(d, w):
+            if w.get(m) is None:
+                return "not run"
+            if base and w.get(base):
+                return f"{w[m]:.1f} s ({w[m] / w[base]:.2f}×)"
+            return f"{w[m]:.1f} s"
+        return cell
+
+    def per_run(m: str, key: str):
+        def cell(d, w):
+            value = med([r[key] for r in d["runs"].get(m, []) if key in r])
+            return "–" if value is None else f"{value:g}"
+        return cell
+
+    lines = [f"# Benchmark summary ({date})", "", f"- machine: {machine()}", f"- layout: {data[-1]['layout']} "
+             "(smaller sizes alike)", "- wall time: median of the repetitions (tables per size give min–max); "
+             "ratios are to the critical path", "",
+             "| | " + " | ".join(f"{n} hosts" for n in sizes) + " |", "| --- |" + " --- |" * len(sizes),
+             row("critical path, all hosts at once", secs("critical")),
+             row("**pdstack cold `up`**", secs("pdstack-cold", "critical")),
+             row("Ansible (a), reference structure", secs("ansible-reference", "critical")),
+             row("Ansible (b), best case", secs("ansible-fast", "critical")),
+             row("no-op `preview`", secs("pdstack-noop-preview")),
+             row("no-op `up --skip-preview`", secs("pdstack-noop-up")),
+             row("one-host change: that host's critical path", secs("critical-one-host")),
+             row("one-host change: pdstack `up`", secs("pdstack-one-host", "critical-one-host")),
+             row("one-host change: Ansible (a)", secs("ansible-reference-one-host", "critical-one-host")),
+             row("SSH connections: cold `up` / no-op `up` / one-host change", lambda d, w: " / ".join(
+                 per_run(m, "ssh")(d, w) for m in ("pdstack-cold", "pdstack-noop-up", "pdstack-one-host"))),
+             row("peak RSS of the Pulumi processes, cold `up`", lambda d, w: fmt_range(
+                 [r["peak_rss"] for r in d["runs"].get("pdstack-cold", []) if r.get("peak_rss")], "MiB", 1 / 2**20, 0)),
+             row("pulumi `--parallel`", lambda d, w: str(d["parallel"])),
+             "", "Targets:", ""]
+
+    def verdict(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("met" if ok else "**missed**")
+
+    def ratio(w, m, base):
+        return w[m] / w[base] if w.get(m) and w.get(base) else None
+
+    cold = [ratio(w, "pdstack-cold", "critical") for w in walls]
+    grows = any(a is not None and b is not None and b > a + 0.05 for a, b in zip(cold, cold[1:]))
+    last = walls[-1]
+    lines.append(f"- cold `up` ≤ 1.25 × the critical path at {sizes[-1]} hosts, not growing with size: "
+                 f"{verdict(None if cold[-1] is None else cold[-1] <= 1.25 and not grows)} "
+                 f"(ratios {', '.join('–' if c is None else f'{c:.2f}' for c in cold)})")
+    pv, up = last.get("pdstack-noop-preview"), last.get("pdstack-noop-up")
+    lines.append(f"- no-op `preview` ≤ 5 s and no-op `up` ≤ 10 s at {sizes[-1]} hosts: "
+                 f"{verdict(None if pv is None or up is None else pv <= 5 and up <= 10)}")
+    deltas = [w["pdstack-one-host"] - w["critical-one-host"] if w.get("pdstack-one-host") and w.get("critical-one-host")
+              else None for w in walls]
+    known = [x for x in deltas if x is not None]
+    lines.append(f"- one-host change ≤ that host's critical path + 5 s: "
+                 f"{verdict(None if not known else all(x <= 5 for x in known))} "
+                 f"(+{', +'.join('–' if x is None else f'{x:.1f}' for x in deltas)} s)")
+    for m, name in (("ansible-reference", "Ansible (a)"), ("ansible-fast", "Ansible (b)")):
+        pairs = [(n, w["pdstack-cold"], w[m]) for n, w in zip(sizes, walls) if w.get("pdstack-cold") and w.get(m)]
+        lines.append(f"- cold `up` faster than {name}: " + ("not measured" if not pairs else "; ".join(
+            f"{n} hosts {verdict(p < a)} ({p:.1f} vs {a:.1f} s)" for n, p, a in pairs)))
     return "\n".join(lines) + "\n"
 
 
@@ -130,10 +198,13 @@ def main(raw: Path, out: Path) -> None:
     date = raw.name
     out.mkdir(parents=True, exist_ok=True)
     for d in data:
-        text = table(d)
+        text = table(d, date)
         (out / f"{date}-{d['hosts']}.md").write_text(text)
         print(text)
     if data:
+        text = summary(data, date)
+        (out / f"{date}-summary.md").write_text(text)
+        print(text)
         plot(data, out / f"{date}-walltime.png")
         print(f"plot: {out / f'{date}-walltime.png'}")
 

@@ -168,13 +168,6 @@ def main() -> int:
             before = accepted_ssh(n)
             r = critical.critical_path(config)
             record("critical", {"wall": r["wall"], "ssh": accepted_ssh(n) - before, "phases": critical_phases(r["steps"])})
-    if want("critical-ordered"):
-        for _ in range(reps):
-            clean_hosts(n)
-            before = accepted_ssh(n)
-            r = critical.critical_path(config, order="pdstack")
-            record("critical-ordered", {"wall": r["wall"], "ssh": accepted_ssh(n) - before,
-                                        "phases": critical_phases(r["steps"])})
     if want("critical-one-host"):
         # On a cluster the critical path deployed; each run changes the engine setting again.
         if not want("critical"):
