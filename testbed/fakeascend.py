@@ -17,6 +17,9 @@ HOST_PATHS: list[tuple[str, str]] = [
     ("/tmp", "dir"),
     ("/var/lib/docker", "dir"),
     ("/etc/docker", "dir"),  # the daemon's identity (key.json) and config are per machine
+    # root's home is per machine too: an SSH command's bash would otherwise source this machine's
+    # ~/.bashrc (a developer's pyenv, cargo, ...) on every session, which real hosts do not run.
+    ("/root", "dir"),
     ("/etc/hosts", "file"),
     ("/etc/hccn.conf", "file"),
     ("/etc/ascend_install.info", "file"),
@@ -88,6 +91,7 @@ def write_host_root(host: HostLayout, devices: int, all_hosts: list[HostLayout])
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(root / "tmp", 0o1777)
+    os.chmod(root / "root", 0o700)
     _write(root / "etc/hosts", etc_hosts(host, all_hosts))
     _write(root / "etc/hccn.conf", hccn_conf(host, devices))
     _write(root / "etc/ascend_install.info",
