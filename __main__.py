@@ -6,6 +6,7 @@ components (thin Pulumi wiring over SSH). Nothing remote happens before the conf
 import pulumi
 from pulumi.runtime import config as runtime_config
 
+from components import sdk_debug
 from components.connection import connection
 from components.devices import DeviceAddresses, DeviceAddressesArgs, GlobalRanktable, GlobalRanktableArgs
 from components.groups import (DecodeGroup, DecodeGroupArgs, GlobalProxy, GlobalProxyArgs, PrefillGroup,
@@ -30,6 +31,7 @@ def load_spec():
     return spec
 
 
+sdk_debug.mute_unless_asked()
 spec = load_spec()
 deployment = render(spec)
 
