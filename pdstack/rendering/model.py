@@ -19,6 +19,10 @@ class FileSpec:
     path: str
     content: str
     mode: int = 0o644
+    # Sent gzip-compressed: machine-written data whose size grows with the cluster (ranktables), which
+    # would otherwise fill the Pulumi state (it keeps what is sent, twice). Scripts are sent as text, so
+    # `pulumi preview --diff` shows their changed lines.
+    compressed: bool = False
 
 
 @dataclass(frozen=True)

@@ -106,8 +106,9 @@ def _servers(spec: ClusterSpec, role: str, inst, device_addresses: DeviceAddress
     return servers
 
 
-def _dump(doc: dict) -> str:
-    return json.dumps(doc, indent=2) + "\n"
+def _file(path: str, doc: dict) -> FileSpec:
+    # Indented for people who read them on the host; compressed on the way there (see FileSpec).
+    return FileSpec(path, json.dumps(doc, indent=2) + "\n", compressed=True)
 
 
 def render_global_ranktable(spec: ClusterSpec, device_addresses: DeviceAddresses) -> FileSpec:
@@ -117,7 +118,7 @@ def render_global_ranktable(spec: ClusterSpec, device_addresses: DeviceAddresses
         for inst in instances:
             groups.append({"group_id": str(len(groups)), "server_count": len(inst.hosts),
                            "server_list": _servers(spec, role, inst, device_addresses)})
-    return FileSpec(global_path(spec), _dump({"version": "1.0", "status": "completed", "server_group_list": groups}))
+    return _file(global_path(spec), {"version": "1.0", "status": "completed", "server_group_list": groups})
 
 
 def render_ranktables(spec: ClusterSpec, device_addresses: DeviceAddresses) -> dict[str, tuple[FileSpec, ...]]:
@@ -129,14 +130,14 @@ def render_ranktables(spec: ClusterSpec, device_addresses: DeviceAddresses) -> d
             merged = None
             if len(inst.hosts) > 1:
                 master = spec.host(inst.hosts[0]).address
-                merged = FileSpec(merged_path(spec, role, master), _dump({
+                merged = _file(merged_path(spec, role, master), {
                     "version": "1.0", "status": "completed", "group_id": "0",
                     "server_count": len(inst.hosts),
-                    "server_list": _servers(spec, role, inst, device_addresses)}))
+                    "server_list": _servers(spec, role, inst, device_addresses)})
             for name in inst.hosts:
                 address = spec.host(name).address
-                local = FileSpec(local_path(spec, role, address, inst.devices), _dump({
+                local = _file(local_path(spec, role, address, inst.devices), {
                     "version": "1.0", "status": "completed", "group_id": "0", "server_count": "1",
-                    "server_list": [_server(address, inst.devices, device_addresses[name], 0)]}))
+                    "server_list": [_server(address, inst.devices, device_addresses[name], 0)]})
                 files.setdefault(name, []).extend([local] + ([merged] if merged else []))
     return {name: tuple(fs) for name, fs in files.items()}

@@ -5,6 +5,8 @@ interrupted `pulumi up` may have run it already.
 """
 from __future__ import annotations
 
+import base64
+import gzip
 import posixpath
 import shlex
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ class FileOwner:
 def write_files_script(files: tuple[FileSpec, ...], owner: FileOwner) -> str:
     """A bash script (sent on stdin, so contents never appear on a command line) writing `files`."""
     keep = " ".join(digest(f.path) for f in files)
-    lines = ["set -e", "umask 022", f"me={q(owner.name)}", f"mkdir -p {q(owner.records)}",
+    lines = ["set -e -o pipefail", "umask 022", f"me={q(owner.name)}", f"mkdir -p {q(owner.records)}",
              # Paths this writer wrote before and writes no more, if it still owns them.
              f"if [ -f {q(owner.list_file)} ]; then",
              "  while read -r key path; do",
@@ -54,9 +56,14 @@ def write_files_script(files: tuple[FileSpec, ...], owner: FileOwner) -> str:
         marker = f"PDSTACK_EOF_{i}"
         if marker in f.content:
             raise ValueError(f"{f.path}: content contains the heredoc marker {marker}")
-        lines += [f"mkdir -p {q(posixpath.dirname(f.path))}",
-                  f"cat > {q(f.path)}.pdstack-tmp <<'{marker}'", f.content.rstrip("\n"), marker,
-                  f"chmod {f.mode:o} {q(f.path)}.pdstack-tmp",
+        lines.append(f"mkdir -p {q(posixpath.dirname(f.path))}")
+        if f.compressed:
+            # mtime=0: the same content gives the same stdin, so an unchanged file shows no diff.
+            packed = base64.encodebytes(gzip.compress(f.content.encode(), 9, mtime=0)).decode()
+            lines += [f"base64 -d <<'{marker}' | gunzip > {q(f.path)}.pdstack-tmp", packed.rstrip("\n"), marker]
+        else:
+            lines += [f"cat > {q(f.path)}.pdstack-tmp <<'{marker}'", f.content.rstrip("\n"), marker]
+        lines += [f"chmod {f.mode:o} {q(f.path)}.pdstack-tmp",
                   # Atomic: a container starting now reads the old or the new file, never half of one.
                   f"mv -f {q(f.path)}.pdstack-tmp {q(f.path)}",
                   f"printf '%s\\n' \"$me\" > {q(owner.record(f.path))}"]

@@ -6,6 +6,7 @@ on a wrong value, not on a harmless change of layout.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -635,7 +636,7 @@ def test_the_proxy_port_changes_only_the_proxy(proxy_host):
 
 
 def rebased(files, root: Path) -> tuple[FileSpec, ...]:
-    return tuple(FileSpec(f"{root}{f.path}", f.content, f.mode) for f in files)
+    return tuple(dataclasses.replace(f, path=f"{root}{f.path}") for f in files)
 
 
 def run_bash(script: str, **kwargs) -> subprocess.CompletedProcess:
@@ -649,7 +650,9 @@ def test_write_files_script_writes_rendered_files_byte_for_byte(tmp_path, ref_sp
     tricky = FileSpec("/odd dir/it's \"quoted\".txt",
                       "  indented first line\nquotes ' \" and $HOME `date` $(whoami) \\ backslash\n\ttab\n"
                       "PDSTACK_EOF_1\nEOF\nunicode: ✓\n\n  blank line above, spaces after   \n", 0o600)
-    files = rebased((*rendered, tricky), tmp_path)
+    packed = dataclasses.replace(tricky, path="/odd dir/packed.txt", compressed=True)
+    files = rebased((*rendered, tricky, packed), tmp_path)
+    assert {f.compressed for f in files} == {True, False}  # ranktables travel compressed, scripts not
     script = remote.write_files_script(files, remote.FileOwner(str(tmp_path / "records"), "p/s/x-files"))
     for _ in range(2):  # idempotent: a second run rewrites the same files
         result = run_bash(script)
@@ -658,6 +661,23 @@ def test_write_files_script_writes_rendered_files_byte_for_byte(tmp_path, ref_sp
             assert Path(f.path).read_text() == f.content, f.path
             assert stat.S_IMODE(Path(f.path).stat().st_mode) == f.mode, f.path
     assert not list(tmp_path.rglob("*.pdstack-tmp"))
+
+
+def test_compressed_files_keep_their_bulk_out_of_the_script_and_it_stays_the_same(ref_spec, monkeypatch):
+    """What is sent is kept (twice) in the Pulumi state and compared by every preview: a ranktable
+    goes compressed, and the same file gives the same script whenever it is rendered."""
+    import gzip
+    rt = render_ranktables(ref_spec, fake_addresses(ref_spec))["p0"][0]
+    assert rt.compressed
+    owner = remote.FileOwner("/r", "p/s/x-files")
+    scripts = []
+    for now in (1_000_000_000, 2_000_000_000):  # gzip stamps the time unless told not to
+        monkeypatch.setattr(gzip.time, "time", lambda now=now: now)
+        scripts.append(remote.write_files_script((rt,), owner))
+    assert scripts[0] == scripts[1]
+    plain = remote.write_files_script((dataclasses.replace(rt, compressed=False),), owner)
+    assert rt.content.rstrip("\n") in plain and '"device_ip"' not in scripts[0]
+    assert len(plain) - len(scripts[0]) > len(rt.content) / 2, (len(plain), len(scripts[0]))
 
 
 def test_write_files_script_refuses_content_holding_its_marker():
