@@ -2,6 +2,7 @@
 that every instance's ranktables are merged into (one file per host, shared by its containers)."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import pulumi
@@ -41,8 +42,31 @@ class DeviceAddresses(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self))
             outputs[host_name] = read.stdout.apply(
                 lambda out, h=host_name, d=devices: {str(k): v for k, v in ranktable.parse_device_addresses(h, d, out).items()})
-        self.addresses = pulumi.Output.all(**outputs) if outputs else pulumi.Output.from_input({})
-        self.register_outputs({"addresses": self.addresses})
+        found = pulumi.Output.all(**outputs) if outputs else pulumi.Output.from_input({})
+        self.addresses = unrecorded(found)
+        self.register_outputs({"addresses": found})
+
+
+def unrecorded(output: pulumi.Output) -> pulumi.Output:
+    """`output`'s value, known-ness and secrecy, without the resources it came from.
+
+    Every host's ranktables need every host's device addresses, so an input built from them would
+    record every read as a dependency: three resources per host listing every host's read, twice each
+    (N² URNs in the state, which the engine rewrites after every step). The order needs no record:
+    a resource built from the addresses is registered only once they are read. Deletes need none
+    either: a read deletes nothing on its host.
+    """
+    loop = asyncio.get_event_loop()
+    known, secret = loop.create_future(), loop.create_future()
+
+    def split(flags: asyncio.Future) -> None:
+        # A failed read fails the value itself; the flags are then never asked for.
+        ok = flags.exception() is None
+        known.set_result(ok and flags.result()[0])
+        secret.set_result(ok and flags.result()[1])
+
+    asyncio.ensure_future(asyncio.gather(output.is_known(), output.is_secret())).add_done_callback(split)
+    return pulumi.Output(set(), output.future(), known, secret)
 
 
 @dataclass

@@ -375,6 +375,17 @@ def test_device_addresses_are_read_once_per_host(graph):
     assert set(graph.mocks.device_ips) == set(ENGINE_HOSTS)  # and never for the proxy's host
 
 
+def test_no_resource_records_the_device_reads_its_ranktables_came_from(graph):
+    """Every host's ranktables come from every host's reads: recorded, that is every read's URN in three
+    resources per host, twice each, in a state the engine rewrites after every step."""
+    reads = {r.urn for r in graph.commands() if r.name.endswith("-device-addresses")}
+    assert len(reads) == len(ENGINE_HOSTS)
+    for r in graph.commands():
+        assert not reads & (set(r.dependencies) | r.property_dependencies_flat()), r.name
+    # What they still record: the global ranktable a container reads on its host.
+    assert graph.resources["p0-global-ranktable"].urn in graph.resources["prefill-0-p0-container"].dependencies
+
+
 def test_hosts_get_their_launch_script_and_the_ranktables_of_the_addresses_read(graph, reference_raw):
     spec = spec_of(reference_raw)
     ranktables = render_ranktables(spec, graph.mocks.device_ips)
