@@ -46,6 +46,8 @@ if unpinned:
     pulumi.log.warn(f"host keys are not verified for {', '.join(unpinned)}: set pdstack:hosts.<name>.hostKey, "
                     "or pdstack:ssh.knownHostsFile, to pin them")
 
+# First, before any resource: see PreviousDeployment.
+previous = PreviousDeployment()
 connections = {h.name: connection(h) for h in spec.hosts}
 
 device_hosts = deployment.device_reads()
@@ -62,7 +64,6 @@ shared = dict(image=image, connections=connections, ranktables=ranktables, globa
 
 prefill = [PrefillGroup(inst.name, PrefillGroupArgs(plans=plans, **shared)) for inst, plans in deployment.prefill]
 decode: list[DecodeGroup] = []
-previous = PreviousDeployment()
 for inst, plans in deployment.decode:
     # A rolling update: an instance that was serving is replaced only once the previous one is ready
     # again and the proxy routes to it (its fail_timeout). Nothing of an instance flows into the next

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 # Stack outputs the next `up` reads back (see PreviousDeployment); __main__ exports them under these keys.
 DECODE_ENDPOINTS = "decodeEndpoints"  # decode instance name -> its API endpoints
 CONTAINER_IDS = "containerIds"  # container name -> the id of the container `up` left running
+READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"  # the engine's builtin behind StackReference
 
 
 def after_all(commands: list[remote.Command]) -> pulumi.Output[str]:
@@ -32,24 +33,26 @@ def after_all(commands: list[remote.Command]) -> pulumi.Output[str]:
 
 
 class PreviousDeployment:
-    """What this stack's last `pulumi up` exported, read back through a reference to the stack itself:
-    which decode instances were serving, and which containers were running. A stack never deployed
-    (or deployed by a pdstack that did not export a key) reads as empty for that key."""
+    """What this stack's last `pulumi up` exported: which decode instances were serving, and which
+    containers were running. A stack never deployed (or deployed by a pdstack that did not export a
+    key) reads as empty for that key.
+
+    Read once, blocking, when the program starts. The engine rewrites the stack's checkpoint after
+    every step, and a file backend's reader can catch it half-written ("failed to load checkpoint:
+    EOF", seen with a StackReference): read after the stack resource is registered and before any
+    other resource, no write is under way. An invoke, too, leaves nothing in the state.
+    """
 
     def __init__(self) -> None:
         # On DIY (file, S3) backends the organization is the literal "organization"; get_organization()
         # returns it there, and the real one on Pulumi Cloud.
-        self._ref = pulumi.StackReference(
-            f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}")
-
-    async def _get(self, key: str) -> dict:
-        return await self._ref.get_output(key).future() or {}
-
-    async def decode_instances(self) -> set[str]:
-        return set(await self._get(DECODE_ENDPOINTS))
-
-    async def container_ids(self) -> dict[str, str]:
-        return await self._get(CONTAINER_IDS)
+        name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
+        # `after`, ignored by the engine, makes the SDK wait for the stack's registration to finish.
+        result = pulumi.runtime.invoke(READ_STACK_OUTPUTS,
+                                       {"name": name, "after": pulumi.runtime.get_root_resource().urn})
+        outputs = (result.value or {}).get("outputs") or {}
+        self.decode_instances: set[str] = set(outputs.get(DECODE_ENDPOINTS) or {})
+        self.container_ids: dict[str, str] = dict(outputs.get(CONTAINER_IDS) or {})
 
 
 def rolling_after(previous: PreviousDeployment, instance: str, before: list[HostContainer],
@@ -64,13 +67,12 @@ def rolling_after(previous: PreviousDeployment, instance: str, before: list[Host
     instance) takes nothing down, so it starts at once.
     """
     async def gate() -> str:
-        if pulumi.runtime.is_dry_run() or instance not in await previous.decode_instances():
+        if pulumi.runtime.is_dry_run() or instance not in previous.decode_instances:
             return ""
-        ids = await previous.container_ids()
         restarted = False
         for hc in before:
             await hc.ready.stdout.future()
-            restarted |= ids.get(hc.container_name) != await hc.container.stdout.future()
+            restarted |= previous.container_ids.get(hc.container_name) != await hc.container.stdout.future()
         if restarted:
             await asyncio.sleep(settle_seconds)
         return ""

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:This resource is deprecated:Depr
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # rpc's marker of a secret value
 STACK = "pulumi:pulumi:Stack"
-STACK_REFERENCE = "pulumi:pulumi:StackReference"
+READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 COMMAND = "command:remote:Command"
 FILE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nZDMtb3duLWtleS1maWxl\n-----END OPENSSH PRIVATE KEY-----\n"
 
@@ -85,16 +85,13 @@ class Mocks(mocks.Mocks):
 
     def __init__(self, failing_host: str | None = None, previous: dict[str, Any] | None = None):
         self.failing_host = failing_host
-        self.previous = previous or {}  # the stack's outputs of its last `up` (its reference to itself reads them)
-        self.references: list[str] = []  # stack names read by StackReference
+        self.previous = previous or {}  # the stack's outputs of its last `up`, which the program reads
+        self.references: list[str] = []  # stacks whose outputs the program read
         self.device_ips: dict[str, dict[int, str]] = {}
         self.names: dict[str, str] = {}  # address -> host name (device reads are named by address)
 
     def new_resource(self, args: mocks.MockResourceArgs):
         state = dict(args.inputs)
-        if args.typ == STACK_REFERENCE:
-            self.references.append(args.inputs["name"])
-            return args.name, {"name": args.inputs["name"], "outputs": self.previous, "secretOutputNames": []}
         if args.typ == COMMAND:
             if args.name.endswith("-device-addresses"):
                 host = self.names[args.name.removesuffix("-device-addresses")]
@@ -111,7 +108,10 @@ class Mocks(mocks.Mocks):
         return f"{args.name}-id", state
 
     def call(self, args: mocks.MockCallArgs):
-        return {}, None
+        if args.token == READ_STACK_OUTPUTS:
+            self.references.append(args.args["name"])
+            return {"name": args.args["name"], "outputs": self.previous, "secretOutputNames": []}
+        raise AssertionError(f"the program called an unexpected function: {args.token}")
 
 
 @dataclass
