@@ -114,46 +114,57 @@ def accepted_ssh(n: int) -> int:
     return total
 
 
-def rss_tree(root_pid: int) -> tuple[int, dict[str, int]]:
-    """Resident memory (bytes) of root_pid and all its descendants, total and per command name."""
+def tree_usage(root_pid: int) -> dict[int, tuple[str, int, float]]:
+    """root_pid and all its descendants: pid -> (command name, resident bytes, CPU seconds so far)."""
     children: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
+    stats: dict[int, str] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
+                stats[int(entry)] = f.read()
         except OSError:
             continue
-        rparen = stat.rfind(")")
-        names[int(entry)] = stat[stat.find("(") + 1:rparen]
-        ppid = int(stat[rparen + 2:].split()[1])
+        ppid = int(stats[int(entry)].rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry))
-    total, per = 0, {}
+    out = {}
     todo = [root_pid]
-    page = os.sysconf("SC_PAGE_SIZE")
+    page, tick = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
     while todo:
         pid = todo.pop()
         todo += children.get(pid, [])
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                rss = int(f.read().split()[1]) * page
-        except OSError:
+        stat = stats.get(pid)
+        if stat is None:
             continue
-        total += rss
-        per[names.get(pid, "?")] = per.get(names.get(pid, "?"), 0) + rss
-    return total, per
+        name, rest = stat[stat.find("(") + 1:].rsplit(")", 1)
+        fields = rest.split()  # fields[0] is the state, the 3rd field of /proc/<pid>/stat
+        utime, stime, rss_pages = int(fields[11]), int(fields[12]), int(fields[21])
+        out[pid] = (name, rss_pages * page, (utime + stime) / tick)
+    return out
+
+
+def machine_cpu() -> float:
+    """CPU seconds this machine has spent busy since boot, all cores: user, nice, system, irq, softirq,
+    steal (not idle, not iowait). The testbed's hosts share it with the deployer, so a deployer's own CPU
+    slows the hosts it deploys to: the difference between two readings says how loaded the run was."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def run_measured(argv: list[str], *, cwd=None, env=None, timeout: float = 1800, sample: bool = False,
                  lines: bool = False) -> dict:
-    """Runs argv; wall time, exit code, output (each line with when it arrived), and (sample=True) the
-    peak RSS of its process tree."""
+    """Runs argv; wall time, exit code, output (each line with when it arrived), the busy CPU seconds of
+    the whole machine meanwhile, and (sample=True, every 0.2 s) the peak RSS of its process tree and the
+    CPU seconds each of its processes used (as last sampled: a process's last 0.2 s may be missed)."""
     import threading
+    machine0 = machine_cpu()
     started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak, peak_per = 0, {}
+    cpu_by_pid: dict[int, tuple[str, float]] = {}
     timed: list[tuple[float, str]] = []
 
     def read():
@@ -163,15 +174,24 @@ def run_measured(argv: list[str], *, cwd=None, env=None, timeout: float = 1800, 
     reader.start()
     while proc.poll() is None:
         if sample:
-            total, per = rss_tree(proc.pid)
+            usage = tree_usage(proc.pid)
+            total = sum(rss for _, rss, _ in usage.values())
             if total > peak:
-                peak, peak_per = total, per
+                peak, peak_per = total, {}
+                for name, rss, _ in usage.values():
+                    peak_per[name] = peak_per.get(name, 0) + rss
+            cpu_by_pid.update({pid: (name, cpu) for pid, (name, _, cpu) in usage.items()})
         if time.monotonic() - started > timeout:
             proc.kill()
         time.sleep(0.2 if sample else 0.05)
     wall = time.monotonic() - started
+    machine = machine_cpu() - machine0
     reader.join()
+    cpu_by: dict[str, float] = {}
+    for name, cpu in cpu_by_pid.values():
+        cpu_by[name] = cpu_by.get(name, 0) + cpu
     return {"wall": wall, "rc": proc.returncode, "out": "\n".join(l for _, l in timed), "lines": timed,
+            "machine_cpu": machine, "cpu": sum(cpu_by.values()), "cpu_by": cpu_by,
             "peak_rss": peak, "peak_rss_by": peak_per}
 
 

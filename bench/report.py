@@ -44,6 +44,15 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}, shared"
 
 
+def cpu_cell(runs: list[dict]) -> str:
+    """Median CPU seconds of the deployer's processes / of the whole machine, "–" for what was not measured."""
+    def median_of(key):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        return f"{statistics.median(values):.1f}" if values else "–"
+    own = median_of("cpu") if any(r.get("cpu_by") for r in runs) else "–"
+    return f"{own} / {median_of('machine_cpu')}"
+
+
 def table(d: dict, date: str) -> str:
     runs = d["runs"]
     walls = {m: [r["wall"] for r in rs] for m, rs in runs.items()}
@@ -54,9 +63,12 @@ def table(d: dict, date: str) -> str:
              f"median (min–max); one-host change: decode-1's `engine.maxNumSeqs` on {d['change_host']}",
              "- ssh: logins the hosts' sshds accepted during the run (one per TCP connection); "
              "peak RSS: the Pulumi CLI and all its children (language host, program, provider), sampled every 0.2 s",
+             "- CPU: seconds the deployer's processes used (pdstack: the Pulumi CLI and its children; Ansible: "
+             "ansible-playbook and its children; the critical path's script is not counted) / seconds the whole "
+             "machine was busy, testbed hosts included: the hosts and the deployer share its cores",
              "",
-             "| method | wall time | ratio | ssh connections | peak RSS |",
-             "| --- | --- | --- | --- | --- |"]
+             "| method | wall time | ratio | ssh connections | peak RSS | CPU s: deployer / machine |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for m, title in METHODS:
         if m not in runs:
             continue
@@ -66,7 +78,7 @@ def table(d: dict, date: str) -> str:
         sshs = [r["ssh"] for r in runs[m] if "ssh" in r]
         rss = [r["peak_rss"] for r in runs[m] if r.get("peak_rss")]
         lines.append(f"| {title} | {fmt_range(walls[m])} | {ratio} | {med(sshs) if sshs else '–'} | "
-                     f"{fmt_range(rss, 'MiB', 1 / 2**20, 0) if rss else '–'} |")
+                     f"{fmt_range(rss, 'MiB', 1 / 2**20, 0) if rss else '–'} | {cpu_cell(runs[m])} |")
     lines += ["", "Where the time goes (median seconds from the start until the last host finished each step):", ""]
     for m in ("critical", "pdstack-cold", "critical-one-host", "pdstack-one-host"):  # cumulative
         phases = [r.get("phases") for r in runs.get(m, []) if r.get("phases")]
@@ -85,6 +97,11 @@ def table(d: dict, date: str) -> str:
             tasks = {k: statistics.median([p.get(k, 0) for p in phases]) for k in phases[0]}
             top = sorted(tasks.items(), key=lambda kv: -kv[1])[:6]
             lines.append(f"- {m}, slowest tasks (median s): " + "; ".join(f"{k} {v:.1f}" for k, v in top))
+    cpu_by = [r.get("cpu_by") for r in runs.get("pdstack-cold", []) if r.get("cpu_by")]
+    if cpu_by:
+        names = sorted(cpu_by[0], key=lambda k: -cpu_by[0][k])
+        lines.append("- CPU of a cold `up` by process (median s): " + ", ".join(
+            f"{k} {statistics.median([c.get(k, 0) for c in cpu_by]):.1f}" for k in names))
     rss_by = [r.get("peak_rss_by") for r in runs.get("pdstack-cold", []) if r.get("peak_rss_by")]
     if rss_by:
         last = rss_by[-1]
@@ -136,6 +153,9 @@ def summary(data: list[dict], date: str) -> str:
                  per_run(m, "ssh")(d, w) for m in ("pdstack-cold", "pdstack-noop-up", "pdstack-one-host"))),
              row("peak RSS of the Pulumi processes, cold `up`", lambda d, w: fmt_range(
                  [r["peak_rss"] for r in d["runs"].get("pdstack-cold", []) if r.get("peak_rss")], "MiB", 1 / 2**20, 0)),
+             row("CPU s, deployer / whole machine: critical path", lambda d, w: cpu_cell(d["runs"].get("critical", []))),
+             row("CPU s, deployer / whole machine: pdstack cold `up`", lambda d, w: cpu_cell(d["runs"].get("pdstack-cold", []))),
+             row("CPU s, deployer / whole machine: Ansible (b)", lambda d, w: cpu_cell(d["runs"].get("ansible-fast", []))),
              row("pulumi `--parallel`", lambda d, w: str(d["parallel"])),
              "", "Targets:", ""]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 
 from . import ansible_gen, critical
-from .common import (ROOT, accepted_ssh, address, clean_hosts, describe_layout, layout, on_all, run_measured,
-                     stack_config)
+from .common import (ROOT, accepted_ssh, address, clean_hosts, describe_layout, layout, machine_cpu, on_all,
+                     run_measured, stack_config)
 
 STACK = "bench"
 BENCH_VENV = Path(os.environ.get("PDSTACK_BENCH_VENV", Path.home() / ".cache/pdstack/bench-venv"))
@@ -77,6 +77,11 @@ class Pulumi:
         return r
 
 
+def measures(r: dict, *keys: str) -> dict:
+    """What a run's record keeps of run_measured's result: time, SSH, CPU and memory, plus `keys`."""
+    return {k: r[k] for k in ("wall", "ssh", "machine_cpu", "cpu", "cpu_by", "peak_rss", "peak_rss_by", *keys) if k in r}
+
+
 def pulumi_phases(lines: list[tuple[float, str]]) -> dict:
     """When the CLI reported each kind of step done (seconds from start): where a run's time goes."""
     first = None
@@ -119,7 +124,7 @@ def ansible_run(n: int, work: Path, playbook: str, config: dict, forks: int, pip
     argv = [str(BENCH_VENV / "bin/ansible-playbook"), str(ROOT / "bench/ansible" / playbook),
             "-e", f"workdir={work}", "-e", f"repo={ROOT}", "-e", f"python={ROOT / '.venv/bin/python'}"]
     before = accepted_ssh(n)
-    r = run_measured(argv, cwd=work, env=dict(env, PYTHONUNBUFFERED="1"), sample=False, lines=True)
+    r = run_measured(argv, cwd=work, env=dict(env, PYTHONUNBUFFERED="1"), sample=True, lines=True)
     r["ssh"] = accepted_ssh(n) - before
     r["phases"] = ansible_phases(r["lines"], r["wall"])
     if r["rc"]:
@@ -165,9 +170,10 @@ def main() -> int:
     if want("critical"):
         for _ in range(reps):
             clean_hosts(n)
-            before = accepted_ssh(n)
+            before, cpu = accepted_ssh(n), machine_cpu()
             r = critical.critical_path(config)
-            record("critical", {"wall": r["wall"], "ssh": accepted_ssh(n) - before, "phases": critical_phases(r["steps"])})
+            record("critical", {"wall": r["wall"], "ssh": accepted_ssh(n) - before, "machine_cpu": machine_cpu() - cpu,
+                                "phases": critical_phases(r["steps"])})
     if want("critical-one-host"):
         # On a cluster the critical path deployed; each run changes the engine setting again.
         if not want("critical"):
@@ -175,28 +181,27 @@ def main() -> int:
             critical.critical_path(config)
         addresses = critical.read_addresses(config)  # pdstack has them in its state
         for i in range(reps):
-            before = accepted_ssh(n)
+            before, cpu = accepted_ssh(n), machine_cpu()
             r = critical.one_host(stack_config(n, decode1_max_num_seqs=5 + i), change_host, addresses)
             record("critical-one-host", {"wall": r["wall"], "ssh": accepted_ssh(n) - before,
-                                         "phases": critical_phases(r["steps"])})
+                                         "machine_cpu": machine_cpu() - cpu, "phases": critical_phases(r["steps"])})
 
     if want("ansible-fast"):
         for _ in range(reps):
             clean_hosts(n)
-            record("ansible-fast", {k: v for k, v in ansible_run(n, args.work / "ansible-fast", "fast.yml", config,
-                                                                 forks=n, pipelining=True).items() if k in ("wall", "ssh", "phases")})
+            record("ansible-fast", measures(ansible_run(n, args.work / "ansible-fast", "fast.yml", config,
+                                                        forks=n, pipelining=True), "phases"))
     if want("ansible-reference"):
         for _ in range(slow_reps):
             clean_hosts(n)
-            record("ansible-reference", {k: v for k, v in ansible_run(
-                n, args.work / "ansible-reference", "reference.yml", config, forks=5, pipelining=False).items()
-                if k in ("wall", "ssh", "phases")})
+            record("ansible-reference", measures(ansible_run(
+                n, args.work / "ansible-reference", "reference.yml", config, forks=5, pipelining=False), "phases"))
     if want("ansible-reference-one-host"):
         # The reference has no per-host update: the same change means a full run on the deployed cluster.
         for i in range(slow_reps):
-            record("ansible-reference-one-host", {k: v for k, v in ansible_run(
+            record("ansible-reference-one-host", measures(ansible_run(
                 n, args.work / "ansible-reference", "reference.yml", stack_config(n, decode1_max_num_seqs=5 + i),
-                forks=5, pipelining=False).items() if k in ("wall", "ssh", "phases")})
+                forks=5, pipelining=False), "phases"))
 
     if any(want(m) for m in ("pdstack-cold", "pdstack-noop-preview", "pdstack-noop-up", "pdstack-one-host")):
         pulumi = Pulumi(args.work / "pulumi", parallel)
@@ -206,24 +211,20 @@ def main() -> int:
                 clean_hosts(n)
                 pulumi.fresh_stack(config)
                 r = pulumi.measured("up", "--yes", "--skip-preview", *par, n=n)
-                record("pdstack-cold", {"wall": r["wall"], "ssh": r["ssh"], "peak_rss": r["peak_rss"],
-                                        "peak_rss_by": r["peak_rss_by"], "phases": pulumi_phases(r["lines"])})
+                record("pdstack-cold", dict(measures(r), phases=pulumi_phases(r["lines"])))
             for _ in range(reps):
                 r = pulumi.measured("preview", *par, n=n)
                 if "to create" in r["out"] or "to update" in r["out"] or "to replace" in r["out"]:
                     raise RuntimeError("no-op preview is not a no-op:\n" + r["out"][-3000:])
-                record("pdstack-noop-preview", {"wall": r["wall"], "ssh": r["ssh"], "peak_rss": r["peak_rss"],
-                                                "peak_rss_by": r["peak_rss_by"]})
+                record("pdstack-noop-preview", measures(r))
             for _ in range(reps):
                 r = pulumi.measured("up", "--yes", "--skip-preview", *par, n=n)
-                record("pdstack-noop-up", {"wall": r["wall"], "ssh": r["ssh"], "peak_rss": r["peak_rss"],
-                                           "peak_rss_by": r["peak_rss_by"]})
+                record("pdstack-noop-up", measures(r))
             for i in range(reps):
                 pulumi.set_config(stack_config(n, decode1_max_num_seqs=5 + i))
                 r = pulumi.measured("up", "--yes", "--skip-preview", *par, n=n)
-                record("pdstack-one-host", {"wall": r["wall"], "ssh": r["ssh"], "peak_rss": r["peak_rss"],
-                                            "peak_rss_by": r["peak_rss_by"], "phases": pulumi_phases(r["lines"]),
-                                            "summary": [l for _, l in r["lines"] if re.search(r"\d+ (replaced|updated|unchanged)", l)]})
+                record("pdstack-one-host", dict(measures(r), phases=pulumi_phases(r["lines"]),
+                                                summary=[l for _, l in r["lines"] if re.search(r"\d+ (replaced|updated|unchanged)", l)]))
         finally:
             pulumi.run("stack", "rm", "--yes", "--force", STACK, check=False)
     clean_hosts(n)
