@@ -287,9 +287,14 @@ func (p *cmdProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulu
 	return computeDiff(olds, news), nil
 }
 
-// withOutputs returns the inputs plus stdout/stderr (unknown when out is nil: a preview).
-func withOutputs(inputs resource.PropertyMap, out *prevOutputs) resource.PropertyMap {
-	m := inputs.Copy()
+// outputsOf returns a command's outputs: stdout and stderr (unknown when out is nil: a preview).
+//
+// Unlike upstream, the inputs are not echoed into the outputs. The engine keeps a resource's inputs and its
+// outputs, and a DIY backend rewrites the whole state after every step: an echo doubled every script, stdin
+// and secret connection in it, and those writes are most of the engine's CPU in a large `up`. Nothing reads
+// the echo (Diff and Delete get the old inputs from the engine; Update needs only stdout/stderr).
+func outputsOf(out *prevOutputs) resource.PropertyMap {
+	m := resource.PropertyMap{}
 	if out == nil {
 		m[propStdout] = resource.MakeComputed(resource.NewStringProperty(""))
 		m[propStderr] = resource.MakeComputed(resource.NewStringProperty(""))
@@ -339,7 +344,7 @@ func (p *cmdProvider) Create(ctx context.Context, req *pulumirpc.CreateRequest) 
 	}
 	if req.GetPreview() {
 		// A preview never connects anywhere: the outputs of the command are unknown.
-		props, err := marshal(withOutputs(inputs, nil))
+		props, err := marshal(outputsOf(nil))
 		if err != nil {
 			return nil, err
 		}
@@ -360,7 +365,7 @@ func (p *cmdProvider) Create(ctx context.Context, req *pulumirpc.CreateRequest) 
 			return nil, err
 		}
 	}
-	props, err := marshal(withOutputs(inputs, out))
+	props, err := marshal(outputsOf(out))
 	if err != nil {
 		return nil, err
 	}
@@ -405,7 +410,7 @@ func (p *cmdProvider) Update(ctx context.Context, req *pulumirpc.UpdateRequest) 
 		if cmd == nil {
 			outs = prev
 		}
-		props, err := marshal(withOutputs(news, outs))
+		props, err := marshal(outputsOf(outs))
 		if err != nil {
 			return nil, err
 		}
@@ -421,7 +426,7 @@ func (p *cmdProvider) Update(ctx context.Context, req *pulumirpc.UpdateRequest) 
 			return nil, err
 		}
 	}
-	props, err := marshal(withOutputs(news, out))
+	props, err := marshal(outputsOf(out))
 	if err != nil {
 		return nil, err
 	}
@@ -437,7 +442,15 @@ func (p *cmdProvider) Delete(ctx context.Context, req *pulumirpc.DeleteRequest) 
 	if err != nil {
 		return nil, err
 	}
-	spec, failures, _ := decodeCommand(typ, state, false)
+	// The delete command and connection are inputs. A state written by an earlier build (or upstream)
+	// echoes them in the outputs too, which is all an engine that sends no old inputs offers.
+	inputs := inputsFromState(state)
+	if req.GetOldInputs() != nil {
+		if inputs, err = unmarshal(req.GetOldInputs(), false); err != nil {
+			return nil, err
+		}
+	}
+	spec, failures, _ := decodeCommand(typ, inputs, false)
 	if spec.Delete == nil {
 		return &emptypb.Empty{}, nil
 	}

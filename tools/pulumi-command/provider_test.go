@@ -12,7 +12,6 @@ import (
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/diag"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
-	"github.com/pulumi/pulumi/sdk/v3/go/common/resource/sig"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -115,12 +114,13 @@ func TestProviderLifecycle(t *testing.T) {
 	if strOut(state, "stdout") != "v1" {
 		t.Fatalf("stdout = %q", strOut(state, "stdout"))
 	}
-	if !state["connection"].IsSecret() {
-		t.Fatal("connection must stay secret in the outputs")
+	// The outputs are stdout and stderr only: the inputs (the secret connection among them) are not echoed.
+	if len(state) != 2 || !state["stderr"].IsString() {
+		t.Fatalf("outputs = %v, want stdout and stderr only", state)
 	}
 	raw, _ := protojson.Marshal(cr.Properties)
-	if strings.Contains(string(raw), "PRIVATE KEY") && !strings.Contains(string(raw), sig.Secret) {
-		t.Fatal("private key in outputs without a secret marker")
+	if strings.Contains(string(raw), "PRIVATE KEY") {
+		t.Fatal("private key in the outputs")
 	}
 	eng.mu.Lock()
 	if len(eng.logs) == 0 || eng.logs[0] != "info|"+testURN+"|v1" {
@@ -155,7 +155,7 @@ func TestProviderLifecycle(t *testing.T) {
 		t.Fatalf("update: %v", err)
 	}
 	state = mustUnmarshal(t, up.Properties)
-	if strOut(state, "stdout") != "updated" || !state["connection"].IsSecret() {
+	if strOut(state, "stdout") != "updated" || len(state) != 2 {
 		t.Fatalf("update outputs: %v", state)
 	}
 	content, _ := os.ReadFile(file)
@@ -178,12 +178,28 @@ func TestProviderLifecycle(t *testing.T) {
 		t.Fatalf("read: %v %v", rd, err)
 	}
 
-	// Delete runs the stored delete command with the stored stdout in the environment.
-	if _, err := p.Delete(ctx, &pulumirpc.DeleteRequest{Id: cr.Id, Urn: testURN, Properties: up.Properties}); err != nil {
+	// Delete runs the delete command of the old inputs with the stored stdout in the environment.
+	if _, err := p.Delete(ctx, &pulumirpc.DeleteRequest{Id: cr.Id, Urn: testURN, Properties: up.Properties,
+		OldInputs: mustMarshal(t, news)}); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
 	if _, err := os.Stat(file); !os.IsNotExist(err) {
 		t.Fatalf("delete did not remove the file: %v", err)
+	}
+
+	// A state that echoes the inputs (an earlier build's, or upstream's), from an engine that sends no old
+	// inputs: the delete command comes from the state.
+	if err := os.WriteFile(file, []byte("v1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	echoed := news.Copy()
+	echoed["stdout"] = resource.NewStringProperty("updated")
+	echoed["stderr"] = resource.NewStringProperty("")
+	if _, err := p.Delete(ctx, &pulumirpc.DeleteRequest{Id: cr.Id, Urn: testURN, Properties: mustMarshal(t, echoed)}); err != nil {
+		t.Fatalf("delete from an echoed state: %v", err)
+	}
+	if _, err := os.Stat(file); !os.IsNotExist(err) {
+		t.Fatalf("delete from an echoed state did not remove the file: %v", err)
 	}
 }
 
