@@ -1,6 +1,8 @@
-"""The SDK's debug messages are muted unless PDSTACK_SDK_DEBUG asks for them; nothing else is."""
+"""The SDK's debug messages are muted, and its registration stack traces cut to the frame that made the
+resource, unless PDSTACK_SDK_DEBUG asks for them; nothing else is."""
 import pulumi.log
 import pytest
+from pulumi.runtime import resource as sdk_resource
 
 from components import sdk_debug
 
@@ -13,6 +15,7 @@ def sent(monkeypatch):
              engine_pb2.ERROR: "error"}
     got = []
     monkeypatch.setattr(pulumi.log, "debug", pulumi.log.debug)  # as it was, after the test
+    monkeypatch.setattr(sdk_resource, "_get_stack_trace", sdk_resource._get_stack_trace)
     monkeypatch.setattr(pulumi.log, "get_engine", lambda: object())
     monkeypatch.setattr(pulumi.log, "_log", lambda engine, severity, msg, *rest: got.append((names[severity], msg)))
     return got
@@ -32,3 +35,38 @@ def test_kept_when_asked(sent, monkeypatch, value):
     assert not sdk_debug.mute_unless_asked()
     pulumi.log.debug("registering resource")
     assert sent == [("debug", "registering resource")]
+
+
+# The shape the SDK expects above _get_stack_trace: Resource.__init__ <- CustomResource.__init__ <-
+# the concrete resource's __init__ <- the code that made it.
+class _Base:
+    def __init__(self):
+        self.trace = sdk_resource._get_stack_trace()
+
+
+class _Custom(_Base):
+    def __init__(self):
+        super().__init__()
+
+
+class _Concrete(_Custom):
+    def __init__(self):
+        super().__init__()
+
+
+def _made_here():
+    return _Concrete().trace, _made_here.__code__.co_firstlineno + 1
+
+
+def test_stack_traces_keep_the_frame_that_made_the_resource(sent, monkeypatch):
+    monkeypatch.setenv(sdk_debug.ENV, "1")
+    sdk_debug.mute_unless_asked()
+    full, line = _made_here()
+    assert len(full.frames) > 2  # pytest's own frames, at least
+    monkeypatch.delenv(sdk_debug.ENV)
+    sdk_debug.mute_unless_asked()
+    trimmed, _ = _made_here()
+    assert len(trimmed.frames) == 1
+    assert trimmed.frames[0].pc.uri.endswith("/tests/unit/test_sdk_debug.py") and trimmed.frames[0].pc.line == line
+    assert trimmed.frames[0] == full.frames[0]
+    assert sdk_resource._get_source_position(trimmed) == sdk_resource._get_source_position(full)
