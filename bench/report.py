@@ -12,6 +12,7 @@ from pathlib import Path
 METHODS = [
     ("critical", "critical path: parallel SSH, all hosts at once (the floor)"),
     ("pdstack-cold", "pdstack cold `up` from an empty stack"),
+    ("pdstack-cold-no-checkpoints", "diagnostic: pdstack cold `up`, state written only at the end (PULUMI_SKIP_CHECKPOINTS)"),
     ("ansible-reference", "Ansible (a): the reference's structure (forks 5, facts, 20 s pause)"),
     ("ansible-fast", "Ansible (b): best case (forks = hosts, pipelining, no pauses, no facts)"),
     ("pdstack-noop-preview", "pdstack no-op `preview`"),
@@ -20,7 +21,7 @@ METHODS = [
     ("pdstack-one-host", "one-host change: pdstack `up --skip-preview`"),
     ("ansible-reference-one-host", "one-host change: Ansible (a) (redoes everything)"),
 ]
-RATIO_TO = {"pdstack-cold": ["critical"], "ansible-reference": ["critical"], "ansible-fast": ["critical"],
+RATIO_TO = {"pdstack-cold": ["critical"], "pdstack-cold-no-checkpoints": ["critical"], "ansible-reference": ["critical"], "ansible-fast": ["critical"],
             "pdstack-one-host": ["critical-one-host"], "ansible-reference-one-host": ["critical-one-host"]}
 
 
@@ -80,7 +81,7 @@ def table(d: dict, date: str) -> str:
         lines.append(f"| {title} | {fmt_range(walls[m])} | {ratio} | {med(sshs) if sshs else '–'} | "
                      f"{fmt_range(rss, 'MiB', 1 / 2**20, 0) if rss else '–'} | {cpu_cell(runs[m])} |")
     lines += ["", "Where the time goes (median seconds from the start until the last host finished each step):", ""]
-    for m in ("critical", "pdstack-cold", "critical-one-host", "pdstack-one-host"):  # cumulative
+    for m in ("critical", "pdstack-cold", "pdstack-cold-no-checkpoints", "critical-one-host", "pdstack-one-host"):  # cumulative
         phases = [r.get("phases") for r in runs.get(m, []) if r.get("phases")]
         if not phases:
             continue
@@ -142,6 +143,7 @@ def summary(data: list[dict], date: str) -> str:
              "| | " + " | ".join(f"{n} hosts" for n in sizes) + " |", "| --- |" + " --- |" * len(sizes),
              row("critical path, all hosts at once", secs("critical")),
              row("**pdstack cold `up`**", secs("pdstack-cold", "critical")),
+             row("diagnostic: pdstack cold `up`, state written only at the end", secs("pdstack-cold-no-checkpoints", "critical")),
              row("Ansible (a), reference structure", secs("ansible-reference", "critical")),
              row("Ansible (b), best case", secs("ansible-fast", "critical")),
              row("no-op `preview`", secs("pdstack-noop-preview")),

@@ -68,9 +68,9 @@ class Pulumi:
             doc["encryptionsalt"] = old["encryptionsalt"]
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
-    def measured(self, *args, n: int) -> dict:
+    def measured(self, *args, n: int, env: dict | None = None) -> dict:
         before = accepted_ssh(n)
-        r = run_measured(self.cmd(*args), cwd=self.project, env=self.env, sample=True, lines=True)
+        r = run_measured(self.cmd(*args), cwd=self.project, env=dict(self.env, **(env or {})), sample=True, lines=True)
         r["ssh"] = accepted_ssh(n) - before
         if r["rc"]:
             raise RuntimeError(f"pulumi {' '.join(args)} failed ({r['rc']}):\n{r['out'][-5000:]}")
@@ -203,7 +203,8 @@ def main() -> int:
                 n, args.work / "ansible-reference", "reference.yml", stack_config(n, decode1_max_num_seqs=5 + i),
                 forks=5, pipelining=False), "phases"))
 
-    if any(want(m) for m in ("pdstack-cold", "pdstack-noop-preview", "pdstack-noop-up", "pdstack-one-host")):
+    if any(want(m) for m in ("pdstack-cold", "pdstack-noop-preview", "pdstack-noop-up", "pdstack-one-host",
+                             "pdstack-cold-no-checkpoints")):
         pulumi = Pulumi(args.work / "pulumi", parallel)
         par = ["--parallel", str(parallel)]
         try:
@@ -225,6 +226,13 @@ def main() -> int:
                 r = pulumi.measured("up", "--yes", "--skip-preview", *par, n=n)
                 record("pdstack-one-host", dict(measures(r), phases=pulumi_phases(r["lines"]),
                                                 summary=[l for _, l in r["lines"] if re.search(r"\d+ (replaced|updated|unchanged)", l)]))
+            # A diagnostic, not a way to run pdstack: the engine writes the state only at the end, so the
+            # difference to pdstack-cold is what writing the state after every step costs.
+            for _ in range(reps if want("pdstack-cold-no-checkpoints") else 0):
+                clean_hosts(n)
+                pulumi.fresh_stack(config)
+                r = pulumi.measured("up", "--yes", "--skip-preview", *par, n=n, env={"PULUMI_SKIP_CHECKPOINTS": "true"})
+                record("pdstack-cold-no-checkpoints", dict(measures(r), phases=pulumi_phases(r["lines"])))
         finally:
             pulumi.run("stack", "rm", "--yes", "--force", STACK, check=False)
     clean_hosts(n)
