@@ -14,8 +14,10 @@ from pathlib import Path
 
 import yaml
 
+from pdstack import image_resolve
+
 from . import ansible_gen, critical
-from .common import (ROOT, accepted_ssh, address, clean_hosts, describe_layout, layout, machine_cpu, on_all,
+from .common import (IMAGE, ROOT, accepted_ssh, address, clean_hosts, describe_layout, layout, machine_cpu, on_all,
                      run_measured, stack_config)
 
 STACK = "bench"
@@ -132,6 +134,12 @@ def ansible_run(n: int, work: Path, playbook: str, config: dict, forks: int, pip
     return r
 
 
+def pull_everywhere(n: int) -> None:
+    """The image on every host, so every method finds it there (its pull is an inspect): bench.sh pulls
+    it on every host before measuring anything."""
+    on_all(n, "docker pull -q " + image_resolve.resolve(IMAGE)[0] + " >/dev/null")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hosts", type=int, required=True)
@@ -143,6 +151,7 @@ def main() -> int:
                         help="repetitions of the Ansible (a) runs, minutes each (0: --reps)")
     parser.add_argument("--skip", default="", help="comma-separated methods to leave out")
     parser.add_argument("--only", default="", help="comma-separated methods to run (default: all)")
+    parser.add_argument("--pull-only", action="store_true", help="only pull the image on every host, and exit")
     args = parser.parse_args()
     n, reps = args.hosts, args.reps
     parallel = args.parallel or 4 * n
@@ -152,6 +161,9 @@ def main() -> int:
     slow_reps = args.slow_reps or reps
     lay = layout(n)
     change_host = lay["decode"][1][0]
+    if args.pull_only:
+        pull_everywhere(n)
+        return 0
     results: dict = {"hosts": n, "reps": reps, "slow_reps": slow_reps, "parallel": parallel, "layout": describe_layout(n),
                      "change_host": change_host, "runs": {}}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -164,8 +176,7 @@ def main() -> int:
     config = stack_config(n)
     log(f"layout: {results['layout']}; pulumi --parallel {parallel}")
 
-    # The image is pulled once up front, so every method finds it on every host (pull = inspect).
-    on_all(n, "docker pull -q " + critical.image_resolve.resolve(config["pdstack:image"])[0] + " >/dev/null")
+    pull_everywhere(n)
 
     if want("critical"):
         for _ in range(reps):

@@ -90,8 +90,13 @@ toolchain() {
   fi
 }
 
-apt_packages
-"$ROOT/scripts/ensure-dockerd.sh"
-venv
-toolchain
-log "ready: $("$ROOT/bin/pulumi" version) ($(basename "$TOOLCHAIN")), venv $("$ROOT/.venv/bin/python" --version)"
+# `setup.sh base`: what the testbed needs (packages, dockerd, the venv); `setup.sh toolchain`: the Go
+# builds, which make bench runs while the testbed comes up; no argument: both.
+case "${1:-all}" in
+  base) apt_packages; "$ROOT/scripts/ensure-dockerd.sh"; venv ;;
+  toolchain) toolchain ;;
+  all) apt_packages; "$ROOT/scripts/ensure-dockerd.sh"; venv; toolchain ;;
+  *) log "usage: setup.sh [base|toolchain]"; exit 2 ;;
+esac
+[ "${1:-all}" = base ] || log "ready: $("$ROOT/bin/pulumi" version) ($(basename "$TOOLCHAIN"))"
+[ "${1:-all}" = toolchain ] || log "ready: venv $("$ROOT/.venv/bin/python" --version)"
