@@ -144,8 +144,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hosts", type=int, required=True)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--work", type=Path, required=True, help="scratch dir (stacks, inventories)")
+    parser.add_argument("--out", type=Path, help="where <hosts>.json goes (required unless --pull-only)")
+    parser.add_argument("--work", type=Path, help="scratch dir: stacks, inventories (required unless --pull-only)")
     parser.add_argument("--parallel", type=int, default=0, help="pulumi --parallel (0: 4 x hosts)")
     parser.add_argument("--slow-reps", type=int, default=0,
                         help="repetitions of the Ansible (a) runs, minutes each (0: --reps)")
@@ -153,6 +153,8 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated methods to run (default: all)")
     parser.add_argument("--pull-only", action="store_true", help="only pull the image on every host, and exit")
     args = parser.parse_args()
+    if not args.pull_only and (args.out is None or args.work is None):
+        parser.error("--out and --work are required")
     n, reps = args.hosts, args.reps
     parallel = args.parallel or 4 * n
     only = set(filter(None, args.only.split(",")))
