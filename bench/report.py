@@ -73,7 +73,7 @@ def table(d: dict, date: str) -> str:
     for m, title in METHODS:
         if m not in runs:
             continue
-        ratios = [f"{med(walls[m]) / med(walls[b]):.2f} × {b} (+{med(walls[m]) - med(walls[b]):.1f} s)"
+        ratios = [f"{med(walls[m]) / med(walls[b]):.2f} × {b} ({med(walls[m]) - med(walls[b]):+.1f} s)"
                   for b in RATIO_TO.get(m, []) if walls.get(b)]
         ratio = "; ".join(ratios) or "–"
         sshs = [r["ssh"] for r in runs[m] if "ssh" in r]
