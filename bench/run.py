@@ -153,7 +153,10 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated methods to run (default: all)")
     parser.add_argument("--pull-only", action="store_true", help="only pull the image on every host, and exit")
     args = parser.parse_args()
-    if not args.pull_only and (args.out is None or args.work is None):
+    if args.pull_only:
+        pull_everywhere(args.hosts)
+        return 0
+    if args.out is None or args.work is None:
         parser.error("--out and --work are required")
     n, reps = args.hosts, args.reps
     parallel = args.parallel or 4 * n
@@ -163,9 +166,6 @@ def main() -> int:
     slow_reps = args.slow_reps or reps
     lay = layout(n)
     change_host = lay["decode"][1][0]
-    if args.pull_only:
-        pull_everywhere(n)
-        return 0
     results: dict = {"hosts": n, "reps": reps, "slow_reps": slow_reps, "parallel": parallel, "layout": describe_layout(n),
                      "change_host": change_host, "runs": {}}
     args.out.mkdir(parents=True, exist_ok=True)
