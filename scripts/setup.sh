@@ -69,16 +69,11 @@ go_build() {
 toolchain() {
   command -v go >/dev/null || { log "go is missing (the project's machines ship Go 1.26)"; exit 1; }
   mkdir -p "$TOOLCHAIN" "$PULUMI_HOME"
-  # The two small builds run beside the CLI's, whose minute of module downloads leaves the CPU idle;
-  # go_build below then finds them built.
-  local small=()
-  ( go_build language-python tools/pulumi-language-python "" pulumi-language-python . "-s -w" ) & small+=($!)
-  ( go_build command-provider tools/pulumi-command "$COMMAND_INTERFACE_VERSION" pulumi-resource-command . "-s -w" ) & small+=($!)
+  # One build after the other, CLI first: the three modules pin the same versions of what they share
+  # (keep them so when upgrading), so the two small builds find most packages compiled in Go's cache.
   go_build pulumi-cli tools/pulumi-cli "$PULUMI_CLI_VERSION" pulumi github.com/pulumi/pulumi/pkg/v3/cmd/pulumi \
     "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$PULUMI_CLI_VERSION"
   install -m 0755 "$BUILT" "$TOOLCHAIN/pulumi"
-  local pid
-  for pid in "${small[@]}"; do wait "$pid"; done
 
   go_build language-python tools/pulumi-language-python "" pulumi-language-python . "-s -w"
   # The engine finds the language host next to the `pulumi` binary, and the host finds its exec shim
