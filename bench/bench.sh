@@ -64,9 +64,12 @@ $PY -m testbed down >/dev/null
 echo "bench: $(date +%T) testbed up, $largest hosts"
 $PY -m testbed up --hosts "$largest" --devices 2
 bash scripts/push-simulator-image.sh >/dev/null
+echo "bench: $(date +%T) image pushed, pulling it on every host"
 $PY -m bench.run --hosts "$largest" --pull-only
+echo "bench: $(date +%T) image on every host"
 wait $venv_job || { echo "bench: installing $VENV failed:" >&2; tail -n 20 "$WORK/bench-venv.log" >&2; exit 1; }
 wait_for_toolchain
+grep -h "^setup: built" "$WORK/setup.log" || true
 echo "bench: $(date +%T) measuring"
 for n in $(printf '%s\n' $SIZES | sort -n); do
   slow=ansible-reference,ansible-reference-one-host diag=pdstack-cold-no-checkpoints

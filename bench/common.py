@@ -14,7 +14,7 @@ KEY = "/var/lib/pdstack-testbed/keys/id_ed25519"
 KNOWN_HOSTS = "/var/lib/pdstack-testbed/keys/known_hosts"
 HOSTS_DIR = Path("/var/lib/pdstack-testbed/hosts")
 DEVICES = 2  # per host: few, so 33 hosts of simulated engines stay light on a 2-core machine
-STARTUP_DELAY = 5  # PDSIM_STARTUP_DELAY, seconds of simulated model loading
+STARTUP_DELAY = 2  # PDSIM_STARTUP_DELAY, seconds of simulated model loading: the simulator's default
 READINESS_TIMEOUT = 300
 
 
