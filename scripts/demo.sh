@@ -7,7 +7,18 @@ cd "$ROOT"
 PULUMI="$ROOT/bin/pulumi"
 
 "$PULUMI" stack select dev 2>/dev/null || "$PULUMI" stack init dev
+# The provider reads nothing back from the hosts, so a deployment recorded on an earlier testbed (taken
+# down since, with every file and container on it) would look up to date. `destroy` forgets it first;
+# its deletes find nothing to remove. The marker names the testbed the last demo deployed to.
+marker="$ROOT/.pdstack/demo-testbed"
+instance=$("$ROOT/.venv/bin/python" -m testbed instance)
+if [ "$(cat "$marker" 2>/dev/null)" != "$instance" ]; then
+  echo "demo: a new testbed: removing what the dev stack records of an earlier one (bin/pulumi destroy)"
+  rm -f "$marker"
+  "$PULUMI" destroy --yes --non-interactive >/dev/null
+fi
 "$PULUMI" up --yes --non-interactive
+echo "$instance" >"$marker"
 
 endpoint=$("$PULUMI" stack output endpoint)
 echo "demo: POST $endpoint/v1/completions"

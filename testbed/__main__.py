@@ -1,4 +1,4 @@
-"""`python -m testbed up|down|hosts|status|exec|leftovers`: a simulated Ascend cluster on this machine."""
+"""`python -m testbed up|down|hosts|status|instance|exec|leftovers`: a simulated Ascend cluster on this machine."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p_hosts = sub.add_parser("hosts", help="print the hosts and how to reach them")
     p_hosts.add_argument("--json", action="store_true")
     sub.add_parser("status", help="what is running")
+    sub.add_parser("instance", help="print this testbed's id, new at every `up` after a `down` (exit 1 if down)")
     p_exec = sub.add_parser("exec", help="run a command inside a host's namespaces (as its sshd would)")
     p_exec.add_argument("host")
     p_exec.add_argument("command", nargs=argparse.REMAINDER)
@@ -69,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 for h in data:
                     print(f"{h['name']:8} {h['address']:15} ssh -i {h['privateKeyPath']} root@{h['address']}")
+        elif args.cmd == "instance":
+            instance = cluster.load_state().get("instance")
+            if not instance:
+                print("testbed: down", file=sys.stderr)
+                return 1
+            print(instance)
         elif args.cmd == "status":
             state = cluster.load_state()
             if not state["hosts"]:

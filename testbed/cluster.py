@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def up(count: int, devices: int) -> list[HostLayout]:
         hostmod.destroy(extra)
     state["hosts"] = [h.index for h in wanted]
     state["devices"] = devices
+    # Which testbed this is: `down` forgets it, so a stack deployed on an earlier testbed can tell that
+    # the files and containers it records are gone (scripts/demo.sh uses it).
+    state.setdefault("instance", uuid.uuid4().hex)
     # Record what we are about to create before creating it, so an interrupted `up` is still undone
     # by `down`.
     state["placeholders"] = sorted(set(state.get("placeholders", [])) | set(_missing_placeholders(devices)))
