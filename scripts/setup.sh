@@ -96,10 +96,11 @@ toolchain() {
 
 # `setup.sh base`: what the testbed needs (packages, dockerd, the venv); `setup.sh toolchain`: the Go
 # builds, which make bench runs while the testbed comes up; no argument: both.
+base() { apt_packages; "$ROOT/scripts/ensure-dockerd.sh"; venv; }
 case "${1:-all}" in
-  base) apt_packages; "$ROOT/scripts/ensure-dockerd.sh"; venv ;;
+  base) base ;;
   toolchain) toolchain ;;
-  all) apt_packages; "$ROOT/scripts/ensure-dockerd.sh"; venv; toolchain ;;
+  all) base; toolchain ;;
   *) log "usage: setup.sh [base|toolchain]"; exit 2 ;;
 esac
 [ "${1:-all}" = base ] || log "ready: $("$ROOT/bin/pulumi" version) ($(basename "$TOOLCHAIN"))"
